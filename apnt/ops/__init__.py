@@ -1,0 +1,7 @@
+"""The public op layer: `from apnt.ops import conv2d, attention_gate, ...` (DESIGN §1, §3)."""
+from apnt.ops._backends import BACKENDS, BackendUnavailableError
+from apnt.ops.attention import attention_blend, attention_gate, attention_gate_map
+from apnt.ops.conv import conv2d
+
+__all__ = ["BACKENDS", "BackendUnavailableError", "attention_blend", "attention_gate", "attention_gate_map",
+           "conv2d"]

@@ -1,0 +1,52 @@
+"""Loading the compiled extension `apnt._C` (which registers the `apnt::` ops) and what it can serve."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def _load() -> str | None:
+    try:
+        import apnt._C  # noqa: F401  (its import runs the TORCH_LIBRARY registrations)
+    except ImportError as e:  # not built, or built against another torch
+        return f"the C++ extension apnt._C is not importable ({e}); build it with `pip install -e .`"
+    return None
+
+
+_LOAD_ERROR = _load()  # once, at import: torch.compile then reads a plain module global
+
+
+def load_error() -> str | None:
+    """None when apnt._C imported, else the sentence saying why not."""
+    return _LOAD_ERROR
+
+
+def built_with_cuda() -> bool:
+    return load_error() is None and bool(torch.ops.apnt._built_with_cuda())
+
+
+def reasons(device: torch.device) -> list[str]:
+    """Why `native` cannot run on `device` (empty when it can)."""
+    err = load_error()
+    if err is not None:
+        return [err]
+    if device.type == "cuda" and not built_with_cuda():
+        return ["apnt._C was built without CUDA (APNT_CUDA=0, or no nvcc at build time)"]
+    if device.type not in ("cpu", "cuda"):
+        return [f"device type {device.type!r} is not supported (cpu, cuda)"]
+    return []
+
+
+@contextlib.contextmanager
+def grid_emulation(on: bool = True):
+    """Run the CUDA kernel bodies of the native CPU backend through the CPU grid emulator (DESIGN §2).
+
+    Tests use this to execute every CUDA kernel body on a machine without a GPU."""
+    if load_error() is not None:
+        raise RuntimeError(load_error())
+    previous = torch.ops.apnt._set_grid_emulation(on)
+    try:
+        yield
+    finally:
+        torch.ops.apnt._set_grid_emulation(previous)

@@ -1,0 +1,55 @@
+// Family `attention` (DESIGN §3.1): the elementwise epilogues that follow the attention convolutions.
+// Gate:  out = x * s,  s = sigmoid(z)                (s saved; s' = s (1 - s) needs no exp in backward)
+// Blend: out = a * x + (1 - a) * y = y + a (x - y),  a = sigmoid(z)
+#pragma once
+#include "common/elementwise.h"
+
+namespace apnt {
+namespace attention {
+
+template <typename scalar_t, typename acc_t>
+struct GateForwardBody : ElementwiseBody<GateForwardBody<scalar_t, acc_t>> {
+  const scalar_t *x, *s;
+  scalar_t* out;
+  APNT_HD void element(int64_t i) const { out[i] = scalar_t(acc_t(x[i]) * acc_t(s[i])); }
+};
+
+// gx = g s;  gz = (g x + g_att) s (1 - s). g_att (the gradient reaching the returned attention map) may be null.
+template <typename scalar_t, typename acc_t>
+struct GateBackwardBody : ElementwiseBody<GateBackwardBody<scalar_t, acc_t>> {
+  const scalar_t *g, *g_att, *x, *s;
+  scalar_t *gx, *gz;
+  APNT_HD void element(int64_t i) const {
+    const acc_t gi = acc_t(g[i]), si = acc_t(s[i]);
+    const acc_t ga = gi * acc_t(x[i]) + (g_att ? acc_t(g_att[i]) : acc_t(0));
+    gx[i] = scalar_t(gi * si);
+    gz[i] = scalar_t(ga * si * (acc_t(1) - si));
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+struct BlendForwardBody : ElementwiseBody<BlendForwardBody<scalar_t, acc_t>> {
+  const scalar_t *x, *y, *a;
+  scalar_t* out;
+  APNT_HD void element(int64_t i) const {
+    const acc_t yi = acc_t(y[i]);
+    out[i] = scalar_t(yi + acc_t(a[i]) * (acc_t(x[i]) - yi));
+  }
+};
+
+// gx = g a;  gy = g (1 - a);  gz = (g (x - y) + g_att) a (1 - a).
+template <typename scalar_t, typename acc_t>
+struct BlendBackwardBody : ElementwiseBody<BlendBackwardBody<scalar_t, acc_t>> {
+  const scalar_t *g, *g_att, *x, *y, *a;
+  scalar_t *gx, *gy, *gz;
+  APNT_HD void element(int64_t i) const {
+    const acc_t gi = acc_t(g[i]), ai = acc_t(a[i]);
+    const acc_t ga = gi * (acc_t(x[i]) - acc_t(y[i])) + (g_att ? acc_t(g_att[i]) : acc_t(0));
+    gx[i] = scalar_t(gi * ai);
+    gy[i] = scalar_t(gi - gi * ai);
+    gz[i] = scalar_t(ga * ai * (acc_t(1) - ai));
+  }
+};
+
+}  // namespace attention
+}  // namespace apnt

@@ -1,0 +1,28 @@
+// CUDA launchers of the attention epilogues (bodies in attention.h, host code in attention_epilogue.h).
+#include "attention/attention_epilogue.h"
+#include "common/grid_cuda.cuh"
+
+namespace apnt {
+namespace attention {
+namespace cuda {
+
+at::Tensor gate_forward(const at::Tensor& x, const at::Tensor& s) { return gate_forward_impl(x, s, CudaLauncher{}); }
+
+std::tuple<at::Tensor, at::Tensor> gate_backward(const at::Tensor& g, const at::Tensor& g_att, const at::Tensor& x,
+                                                 const at::Tensor& s) {
+  return gate_backward_impl(g, g_att, x, s, CudaLauncher{});
+}
+
+at::Tensor blend_forward(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a) {
+  return blend_forward_impl(x, y, a, CudaLauncher{});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward(const at::Tensor& g, const at::Tensor& g_att,
+                                                              const at::Tensor& x, const at::Tensor& y,
+                                                              const at::Tensor& a) {
+  return blend_backward_impl(g, g_att, x, y, a, CudaLauncher{});
+}
+
+}  // namespace cuda
+}  // namespace attention
+}  // namespace apnt

@@ -1,0 +1,22 @@
+// Host-side preparation shared by the CPU and CUDA launchers of elementwise epilogues: every operand is
+// brought to one memory format so a flat index addresses the same (n, c, y, x) in all of them.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+namespace apnt {
+
+inline at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
+  return t.is_contiguous(fmt) ? t : t.contiguous(fmt);
+}
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+}  // namespace apnt
+
+#define APNT_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)

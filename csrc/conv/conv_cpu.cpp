@@ -1,0 +1,101 @@
+// CPU launchers of the conv family: the activation epilogue bodies, and the choice of convolution engine
+// (Winograd F(4x4,3x3) for fp32 3x3, oneDNN with a fused post-op for other fp32/bf16, ATen otherwise).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "common/grid_cpu.h"
+#include "conv/conv_epilogue.h"
+#include "conv/winograd.h"
+
+namespace apnt {
+namespace conv {
+namespace cpu {
+namespace {
+
+const char* onednn_attr(Activation act) {
+  switch (act) {
+    case Activation::kRelu: return "relu";
+    case Activation::kLeakyRelu: return "leaky_relu";
+    case Activation::kSigmoid: return "sigmoid";
+    default: return "none";
+  }
+}
+
+// mkldnn::_convolution_pointwise (oneDNN with the activation as a post-op). Called boxed: oneDNN is
+// reachable only through ATen's dispatcher (torch exports no dnnl_* symbols).
+at::Tensor onednn_conv(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b, int64_t d,
+                       Activation act, double slope) {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "");
+  const int64_t pad = d * (w.size(2) / 2);
+  c10::List<c10::optional<at::Scalar>> scalars;
+  if (act == Activation::kLeakyRelu) scalars.push_back(at::Scalar(slope));
+  torch::jit::Stack stack;
+  stack.reserve(10);
+  stack.emplace_back(x);
+  stack.emplace_back(w);
+  stack.emplace_back(b.has_value() ? c10::IValue(*b) : c10::IValue());
+  stack.emplace_back(std::vector<int64_t>{pad, pad});
+  stack.emplace_back(std::vector<int64_t>{1, 1});
+  stack.emplace_back(std::vector<int64_t>{d, d});
+  stack.emplace_back(int64_t(1));
+  stack.emplace_back(std::string(onednn_attr(act)));
+  stack.emplace_back(scalars);
+  stack.emplace_back(std::string(""));
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+at::Tensor channels_last_view(const at::Tensor& t) {
+  return t.stride(1) == 1 ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+}  // namespace
+
+void activation_forward_(at::Tensor& y, Activation act, double slope) {
+  activation_forward_impl(y, act, slope, CpuLauncher{});
+}
+
+at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& y, Activation act, double slope) {
+  return activation_backward_impl(grad, y, act, slope, CpuLauncher{});
+}
+
+at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                   int64_t dilation, Activation act, double slope) {
+  const at::Tensor& x0 = inputs.front();
+  if (winograd_applicable(inputs, w)) {
+    std::vector<at::Tensor> cl;
+    for (const auto& x : inputs) cl.push_back(channels_last_view(x));
+    at::Tensor out = at::empty({x0.size(0), w.size(0), x0.size(2), x0.size(3)},
+                               x0.options().memory_format(at::MemoryFormat::ChannelsLast));
+    winograd_conv3x3_out(cl, winograd_filter(w), b, dilation, act, float(slope), out);
+    return out;
+  }
+  const at::Tensor x = inputs.size() == 1 ? inputs.front() : at::cat(inputs, 1);
+  const auto dtype = x.scalar_type();
+  if (dtype == at::kFloat || dtype == at::kBFloat16) {
+    return onednn_conv(channels_last_view(x), w.contiguous(), b, dilation, act, slope)
+        .contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  // fp64 and fp16: oneDNN's fused path rejects them on this CPU; ATen convolution + our epilogue.
+  const int64_t pad = dilation * (w.size(2) / 2);
+  at::Tensor out = at::convolution(x, w, b, {1, 1}, {pad, pad}, {dilation, dilation}, false, {0, 0}, 1);
+  out = out.contiguous(at::MemoryFormat::ChannelsLast);
+  cpu::activation_forward_(out, act, slope);
+  return out;
+}
+
+at::Tensor grad_input_3x3(const at::Tensor& grad_z, const at::Tensor& w, int64_t dilation) {
+  if (!winograd_applicable({grad_z}, w)) return at::Tensor();
+  // d/dx of a stride-1 "same" convolution is the same convolution of grad_z with the flipped, transposed filter.
+  const at::Tensor wt = w.flip({2, 3}).transpose(0, 1);
+  at::Tensor gx = at::empty({grad_z.size(0), w.size(1), grad_z.size(2), grad_z.size(3)},
+                            grad_z.options().memory_format(at::MemoryFormat::ChannelsLast));
+  winograd_conv3x3_out({channels_last_view(grad_z)}, winograd_filter(wt), c10::nullopt, dilation, Activation::kNone,
+                       0.f, gx);
+  return gx;
+}
+
+}  // namespace cpu
+}  // namespace conv
+}  // namespace apnt

@@ -1,0 +1,213 @@
+#include "conv/winograd.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+// Lanes values never cross a library boundary: the ABI note about 64-byte vectors does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace apnt {
+namespace conv {
+namespace cpu {
+namespace {
+
+constexpr int kTile = 4;         // output tile edge
+constexpr int kIn = 6;           // input tile edge
+constexpr int kPoints = 36;      // kIn * kIn
+constexpr int kChunk = 48;       // tiles per GEMM batch: V, M and U stay near L2
+constexpr int kLanes = 16;       // channels transformed together
+
+// kLanes channels as one value: the 1-D transforms of winograd.h then run on whole vectors.
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+
+// A 4-D view with unit channel stride: element (n, y, x, c) at data + n*sn + y*sy + x*sx + c.
+struct Plane {
+  float* data;
+  int64_t channels, sn, sy, sx;
+};
+
+Plane plane_of(const at::Tensor& t) {
+  return {t.data_ptr<float>(), t.size(1), t.stride(0), t.stride(2), t.stride(3)};
+}
+
+// One output tile: image n, sub-lattice (py, px), first lattice row/column r0, c0.
+struct Tile {
+  int32_t n, py, px, r0, c0;
+};
+
+std::vector<Tile> enumerate_tiles(int64_t N, int64_t H, int64_t W, int64_t d) {
+  std::vector<Tile> tiles;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t py = 0; py < std::min(d, H); ++py)
+      for (int64_t px = 0; px < std::min(d, W); ++px) {
+        const int64_t hp = (H - py + d - 1) / d, wp = (W - px + d - 1) / d;
+        for (int64_t r = 0; r < hp; r += kTile)
+          for (int64_t c = 0; c < wp; c += kTile)
+            tiles.push_back({int32_t(n), int32_t(py), int32_t(px), int32_t(r), int32_t(c)});
+      }
+  return tiles;
+}
+
+// The tile transforms are compiled for several x86 levels and picked at load time (GCC/Clang ifunc),
+// so a portable build still runs them with AVX-512 or AVX2 where the CPU has it.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(APNT_SANITIZE)
+#define APNT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define APNT_CPU_CLONES
+#endif
+
+inline Lanes load_lanes(const float* p, int lanes) {
+  Lanes v = {};
+  if (lanes == kLanes) {
+    __builtin_memcpy(&v, p, sizeof(Lanes));
+  } else {
+    for (int l = 0; l < lanes; ++l) v[l] = p[l];
+  }
+  return v;
+}
+
+inline void store_lanes(float* p, Lanes v, int lanes) {
+  if (lanes == kLanes) {
+    __builtin_memcpy(p, &v, sizeof(Lanes));
+  } else {
+    for (int l = 0; l < lanes; ++l) p[l] = v[l];
+  }
+}
+
+// V[p][t][k0 + c] = (B^T d B)[p] for the tile's 6x6 input window of one input plane.
+APNT_CPU_CLONES
+void transform_input_tile(const Plane& in, const Tile& tile, int64_t H, int64_t W, int64_t d, float* V,
+                          int64_t t, int64_t chunk, int64_t K, int64_t k0) {
+  const float* base = in.data + tile.n * in.sn;
+  int64_t row_off[kIn], col_off[kIn];
+  bool row_ok[kIn], col_ok[kIn];
+  for (int i = 0; i < kIn; ++i) {
+    const int64_t y = tile.py + d * (tile.r0 + i - 1), x = tile.px + d * (tile.c0 + i - 1);
+    row_ok[i] = y >= 0 && y < H;
+    col_ok[i] = x >= 0 && x < W;
+    row_off[i] = y * in.sy;
+    col_off[i] = x * in.sx;
+  }
+  Lanes dv[kPoints], tv[kPoints], rv[kIn];
+  for (int64_t c0 = 0; c0 < in.channels; c0 += kLanes) {
+    const int lanes = int(std::min<int64_t>(kLanes, in.channels - c0));
+    for (int i = 0; i < kIn; ++i)
+      for (int j = 0; j < kIn; ++j)
+        dv[i * kIn + j] = row_ok[i] && col_ok[j] ? load_lanes(base + row_off[i] + col_off[j] + c0, lanes) : Lanes{};
+    for (int j = 0; j < kIn; ++j) winograd_input_1d(dv + j, kIn, tv + j, kIn);  // columns: B^T d
+    float* dst = V + t * K + k0 + c0;
+    for (int i = 0; i < kIn; ++i) {
+      winograd_input_1d(tv + i * kIn, 1, rv, 1);  // rows: (B^T d) B
+      for (int j = 0; j < kIn; ++j) store_lanes(dst + int64_t(i * kIn + j) * chunk * K, rv[j], lanes);
+    }
+  }
+}
+
+// out tile from M[p][t][:]: A^T m A, bias, activation; positions past the border are dropped.
+APNT_CPU_CLONES
+void transform_output_tile(const float* M, int64_t t, int64_t chunk, int64_t O, const Tile& tile, int64_t H,
+                           int64_t W, int64_t d, const float* bias, Activation act, float slope, const Plane& out) {
+  float* base = out.data + tile.n * out.sn;
+  Lanes mv[kPoints], tv[kTile * kIn], yv[kTile * kTile];
+  for (int64_t o0 = 0; o0 < O; o0 += kLanes) {
+    const int lanes = int(std::min<int64_t>(kLanes, O - o0));
+    const float* src = M + t * O + o0;
+    for (int p = 0; p < kPoints; ++p) mv[p] = load_lanes(src + int64_t(p) * chunk * O, lanes);
+    for (int j = 0; j < kIn; ++j) winograd_output_1d(mv + j, kIn, tv + j, kIn);            // columns: A^T m
+    for (int i = 0; i < kTile; ++i) winograd_output_1d(tv + i * kIn, 1, yv + i * kTile, 1);  // rows: 4x4
+    const Lanes bv = bias ? load_lanes(bias + o0, lanes) : Lanes{};
+    for (int i = 0; i < kTile; ++i) {
+      const int64_t yy = tile.py + d * (tile.r0 + i);
+      if (yy >= H) break;
+      for (int j = 0; j < kTile; ++j) {
+        const int64_t xx = tile.px + d * (tile.c0 + j);
+        if (xx >= W) break;
+        Lanes z = yv[i * kTile + j] + bv;
+        switch (act) {
+          case Activation::kNone: break;
+          case Activation::kRelu: z = z > 0.f ? z : 0.f; break;
+          case Activation::kLeakyRelu: z = z > 0.f ? z : z * slope; break;
+          default:
+            for (int l = 0; l < kLanes; ++l) z[l] = activate<float>(z[l], act, slope);
+        }
+        store_lanes(base + yy * out.sy + xx * out.sx + o0, z, lanes);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor winograd_filter(const at::Tensor& w) {
+  // Computed in fp64: the 1/6 and 1/24 factors would otherwise round twice.
+  const at::Tensor wd = w.to(at::kDouble).contiguous();
+  const int64_t O = w.size(0), K = w.size(1);
+  at::Tensor U = at::empty({kPoints, K, O}, w.options().dtype(at::kFloat));
+  const double* g = wd.data_ptr<double>();
+  float* u = U.data_ptr<float>();
+  at::parallel_for(0, O * K, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t ok = begin; ok < end; ++ok) {
+      const int64_t o = ok / K, k = ok % K;
+      const double* f = g + ok * 9;
+      double t[kIn * 3], r[kPoints];
+      for (int j = 0; j < 3; ++j) winograd_filter_1d(f + j, 3, t + j, 3);       // G g: 6x3
+      for (int i = 0; i < kIn; ++i) winograd_filter_1d(t + i * 3, 1, r + i * kIn, 1);  // (G g) G^T: 6x6
+      for (int p = 0; p < kPoints; ++p) u[(int64_t(p) * K + k) * O + o] = float(r[p]);
+    }
+  });
+  return U;
+}
+
+bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor& w) {
+  if (w.size(2) != 3 || w.size(3) != 3 || w.scalar_type() != at::kFloat) return false;
+  for (const auto& x : inputs)
+    if (x.scalar_type() != at::kFloat || x.device().type() != at::kCPU) return false;
+  return true;
+}
+
+void winograd_conv3x3_out(const std::vector<at::Tensor>& inputs, const at::Tensor& filter,
+                          const c10::optional<at::Tensor>& bias, int64_t dilation, Activation act, float slope,
+                          at::Tensor& out) {
+  const int64_t N = out.size(0), O = out.size(1), H = out.size(2), W = out.size(3), d = dilation;
+  const int64_t K = filter.size(1);
+  std::vector<Plane> planes;
+  for (const auto& x : inputs) {
+    TORCH_INTERNAL_ASSERT(x.stride(1) == 1 && x.size(0) == N && x.size(2) == H && x.size(3) == W);
+    planes.push_back(plane_of(x));
+  }
+  TORCH_INTERNAL_ASSERT(out.stride(1) == 1 && filter.size(2) == O);
+  const Plane dst = plane_of(out);
+  const std::vector<Tile> tiles = enumerate_tiles(N, H, W, d);
+  const int64_t T = int64_t(tiles.size());
+  const int64_t chunks = (T + kChunk - 1) / kChunk;
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const float* bptr = b.defined() ? b.data_ptr<float>() : nullptr;
+
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor V = at::empty({kPoints, kChunk, K}, filter.options());
+    at::Tensor M = at::empty({kPoints, kChunk, O}, filter.options());
+    for (int64_t ci = begin; ci < end; ++ci) {
+      const int64_t t0 = ci * kChunk, n = std::min<int64_t>(kChunk, T - t0);
+      float* v = V.data_ptr<float>();
+      for (int64_t t = 0; t < n; ++t) {
+        int64_t k0 = 0;
+        for (const Plane& p : planes) {
+          transform_input_tile(p, tiles[t0 + t], H, W, d, v, t, kChunk, K, k0);
+          k0 += p.channels;
+        }
+      }
+      if (n < kChunk)  // last chunk: zero the unused rows so the full-size GEMM reads no garbage
+        for (int p = 0; p < kPoints; ++p) std::fill(v + (p * kChunk + n) * K, v + (p + 1) * kChunk * K, 0.f);
+      at::bmm_out(M, V, filter);
+      const float* m = M.data_ptr<float>();
+      for (int64_t t = 0; t < n; ++t)
+        transform_output_tile(m, t, kChunk, O, tiles[t0 + t], H, W, d, bptr, act, slope, dst);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace conv
+}  // namespace apnt
