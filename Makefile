@@ -1,0 +1,44 @@
+# make demo | test | bench | fuzz | sanitize — each creates .venv and builds apnt when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEPS_STAMP := $(VENV)/.deps-installed
+BUILD_STAMP := $(VENV)/.apnt-built
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
+# ccache when the machine has it (Debian: /usr/lib/ccache holds compiler symlinks).
+CCACHE_PATH := $(if $(wildcard /usr/lib/ccache),/usr/lib/ccache:,)
+export PATH := $(CCACHE_PATH)$(PATH)
+export MAX_JOBS ?= 2
+
+.PHONY: demo test test-fast bench fuzz sanitize build clean
+
+$(DEPS_STAMP): requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(BUILD_STAMP)
+
+test: $(BUILD_STAMP)
+	$(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
+
+demo: $(BUILD_STAMP)
+	$(VENV)/bin/apnt info
+	$(VENV)/bin/apnt selftest
+
+bench: $(BUILD_STAMP)
+	$(PY) -m pytest -q bench --benchmark-enable --benchmark-json=bench/results/latest.json
+	$(PY) bench/report.py bench/results/latest.json
+
+fuzz: $(BUILD_STAMP)
+	APNT_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz
+
+clean:
+	rm -rf build *.egg-info apnt/_C*.so $(BUILD_STAMP)
