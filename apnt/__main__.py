@@ -1,0 +1,5 @@
+import sys
+
+from apnt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The `apnt` command line (also `python -m apnt`)."""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+
+def _cmd_info(args) -> int:
+    import torch
+
+    import apnt
+    from apnt.ops import _backends, _native
+
+    print(f"apnt {apnt.__version__}  torch {torch.__version__}  python {platform.python_version()}")
+    try:
+        import triton
+        print(f"triton {triton.__version__}")
+    except ImportError:
+        print("triton: not installed")
+    print(f"torch CUDA build: {torch.version.cuda or 'no'};  CUDA devices: {torch.cuda.device_count()}")
+    err = _native.load_error()
+    print("apnt._C: " + ("built" + (" with CUDA" if _native.built_with_cuda() else " (CPU only)") if err is None
+                         else f"not available: {err}"))
+    print(f"threads: {torch.get_num_threads()}")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        print(f"\nbackends on {device} (float32):")
+        for name, why in _backends.availability(torch.device(device)).items():
+            print(f"  {name:<10} " + ("usable" if not why else "not usable: " + "; ".join(why)))
+    return 0
+
+
+def _cmd_selftest(args) -> int:
+    from apnt import selftest
+    return 0 if selftest.run() else 1
+
+
+def _cmd_bench(args) -> int:
+    from apnt import benchcases
+    return benchcases.run_cli(quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="apnt", description="Attention-guided ghost-free HDR imaging.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, and which backends are built and usable here (and why not)") \
+        .set_defaults(fn=_cmd_info)
+    sub.add_parser("selftest", help="every op x backend on this machine's devices against reference") \
+        .set_defaults(fn=_cmd_selftest)
+    b = sub.add_parser("bench", help="run the benchmark cases side by side and print the table")
+    b.add_argument("--quick", action="store_true", help="fewer repetitions, smaller set")
+    b.set_defaults(fn=_cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
