@@ -7,11 +7,22 @@
 namespace apnt {
 namespace attention {
 
+// The arithmetic, once. T may be a scalar or a SIMD vector (the CPU Winograd epilogues use whole vectors).
+template <typename T>
+APNT_HD T gate_value(T x, T s) {
+  return x * s;
+}
+
+template <typename T>
+APNT_HD T blend_value(T x, T y, T a) {
+  return y + a * (x - y);
+}
+
 template <typename scalar_t, typename acc_t>
 struct GateForwardBody : ElementwiseBody<GateForwardBody<scalar_t, acc_t>> {
   const scalar_t *x, *s;
   scalar_t* out;
-  APNT_HD void element(int64_t i) const { out[i] = scalar_t(acc_t(x[i]) * acc_t(s[i])); }
+  APNT_HD void element(int64_t i) const { out[i] = scalar_t(gate_value(acc_t(x[i]), acc_t(s[i]))); }
 };
 
 // gx = g s;  gz = (g x + g_att) s (1 - s). g_att (the gradient reaching the returned attention map) may be null.
@@ -31,10 +42,7 @@ template <typename scalar_t, typename acc_t>
 struct BlendForwardBody : ElementwiseBody<BlendForwardBody<scalar_t, acc_t>> {
   const scalar_t *x, *y, *a;
   scalar_t* out;
-  APNT_HD void element(int64_t i) const {
-    const acc_t yi = acc_t(y[i]);
-    out[i] = scalar_t(yi + acc_t(a[i]) * (acc_t(x[i]) - yi));
-  }
+  APNT_HD void element(int64_t i) const { out[i] = scalar_t(blend_value(acc_t(x[i]), acc_t(y[i]), acc_t(a[i]))); }
 };
 
 // gx = g a;  gy = g (1 - a);  gz = (g (x - y) + g_att) a (1 - a).

@@ -100,6 +100,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_impl(const at::Ten
 APNT_ATTENTION_EPILOGUES
 namespace cpu {
 APNT_ATTENTION_EPILOGUES
+// CPU fast path: the attention convolution (float32, 3x3) with sigmoid and the gate / blend fused into
+// its Winograd output transform. Returns false (and touches nothing) when it does not apply.
+bool fused_gate(const at::Tensor& hidden, const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& x,
+                at::Tensor& out, at::Tensor& attention);
+bool fused_blend(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w, const at::Tensor& b, at::Tensor& out,
+                 at::Tensor& attention);
 }
 #ifdef APNT_WITH_CUDA
 namespace cuda {

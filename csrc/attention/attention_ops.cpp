@@ -61,7 +61,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_gate_fwd(const at::Tens
   APNT_CHECK_ARG(w2.size(0) == x.size(1) && w2.size(1) == w1.size(0), "w2", "expected (Cx, M, k, k), got ",
                  w2.sizes());
   const at::Tensor hidden = conv::forward({x, ref}, w1, b1, 1, Activation::kLeakyRelu, slope);
-  const at::Tensor attention = conv::forward({hidden}, w2, b2, 1, Activation::kSigmoid, 0.0);
+  at::Tensor out, attention;
+  if (x.is_cpu() && cpu::fused_gate(hidden, w2, b2, x, out, attention)) return {out, attention, hidden};
+  attention = conv::forward({hidden}, w2, b2, 1, Activation::kSigmoid, 0.0);
   return {gate_forward(x, attention), attention, hidden};
 }
 
@@ -92,7 +94,9 @@ std::tuple<at::Tensor, at::Tensor> attention_blend_fwd(const at::Tensor& x, cons
   check_odd_square_kernel(w, "w");
   APNT_CHECK_ARG(w.size(0) == x.size(1) && w.size(1) == 2 * x.size(1), "w", "expected (C, 2C, k, k), got ",
                  w.sizes());
-  const at::Tensor attention = conv::forward({x, y}, w, b, 1, Activation::kSigmoid, 0.0);
+  at::Tensor out, attention;
+  if (x.is_cpu() && cpu::fused_blend(x, y, w, b, out, attention)) return {out, attention};
+  attention = conv::forward({x, y}, w, b, 1, Activation::kSigmoid, 0.0);
   return {blend_forward(x, y, attention), attention};
 }
 

@@ -64,11 +64,9 @@ at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, c
                    int64_t dilation, Activation act, double slope) {
   const at::Tensor& x0 = inputs.front();
   if (winograd_applicable(inputs, w)) {
-    std::vector<at::Tensor> cl;
-    for (const auto& x : inputs) cl.push_back(channels_last_view(x));
     at::Tensor out = at::empty({x0.size(0), w.size(0), x0.size(2), x0.size(3)},
                                x0.options().memory_format(at::MemoryFormat::ChannelsLast));
-    winograd_conv3x3_out(cl, winograd_filter(w), b, dilation, act, float(slope), out);
+    winograd_conv3x3(inputs, winograd_filter(w), b, dilation, ActivationEpilogue(plane_of(out), act, float(slope)));
     return out;
   }
   const at::Tensor x = inputs.size() == 1 ? inputs.front() : at::cat(inputs, 1);
@@ -91,8 +89,8 @@ at::Tensor grad_input_3x3(const at::Tensor& grad_z, const at::Tensor& w, int64_t
   const at::Tensor wt = w.flip({2, 3}).transpose(0, 1);
   at::Tensor gx = at::empty({grad_z.size(0), w.size(1), grad_z.size(2), grad_z.size(3)},
                             grad_z.options().memory_format(at::MemoryFormat::ChannelsLast));
-  winograd_conv3x3_out({channels_last_view(grad_z)}, winograd_filter(wt), c10::nullopt, dilation, Activation::kNone,
-                       0.f, gx);
+  winograd_conv3x3({grad_z}, winograd_filter(wt), c10::nullopt, dilation,
+                   ActivationEpilogue(plane_of(gx), Activation::kNone, 0.f));
   return gx;
 }
 

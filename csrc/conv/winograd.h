@@ -48,15 +48,74 @@ APNT_HD void winograd_filter_1d(const T* g, int s, T* u, int su) {
 
 namespace cpu {
 
+// Lanes values never cross a library boundary: the ABI note about 64-byte vectors does not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+constexpr int kLanes = 16;  // channels transformed together
+// kLanes channels as one value: the 1-D transforms above then run on whole vectors.
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+
+// Loads / stores `lanes` channels spaced `stride` apart (stride 1: channels_last; HW: NCHW).
+inline Lanes load_lanes(const float* p, int64_t stride, int lanes) {
+  Lanes v = {};
+  if (stride == 1 && lanes == kLanes) {
+    __builtin_memcpy(&v, p, sizeof(Lanes));
+  } else {
+    for (int l = 0; l < lanes; ++l) v[l] = p[l * stride];
+  }
+  return v;
+}
+
+inline void store_lanes(float* p, int64_t stride, Lanes v, int lanes) {
+  if (stride == 1 && lanes == kLanes) {
+    __builtin_memcpy(p, &v, sizeof(Lanes));
+  } else {
+    for (int l = 0; l < lanes; ++l) p[l * stride] = v[l];
+  }
+}
+
+// A float32 (N, C, H, W) tensor with any strides: element (n, c, y, x) at data + n*sn + c*sc + y*sy + x*sx.
+struct Plane {
+  float* data;
+  int64_t channels, sn, sc, sy, sx;
+  float* at(int64_t n, int64_t c, int64_t y, int64_t x) const { return data + n * sn + c * sc + y * sy + x * sx; }
+};
+Plane plane_of(const at::Tensor& t);
+
+// The valid output positions of one 4x4 tile: rows y[0..rows), columns x[0..cols) of image n.
+struct OutputTile {
+  int64_t n, y[4], x[4];
+  int rows, cols;
+};
+
+// What happens to the convolution results (bias included) of one tile and kLanes output channels:
+// z[i * 4 + j] holds channels [o0, o0 + lanes) at (y[i], x[j]). One virtual call per tile and channel
+// block, so an epilogue may be as rich as the attention gate without slowing the transforms.
+struct TileEpilogue {
+  virtual ~TileEpilogue() = default;
+  virtual void apply(const OutputTile& tile, int64_t o0, int lanes, Lanes* z) const = 0;
+};
+
+// Applies the activation in place and stores into `out`.
+struct ActivationEpilogue : TileEpilogue {
+  Plane out;
+  Activation act;
+  float slope;
+  ActivationEpilogue(const Plane& o, Activation a, float s) : out(o), act(a), slope(s) {}
+  void apply(const OutputTile& tile, int64_t o0, int lanes, Lanes* z) const override;
+};
+void activate_lanes(Lanes& z, Activation act, float slope);
+
+#pragma GCC diagnostic pop
+
 // Transformed filters (36, K, O) for w (O, K, 3, 3), fp32.
 at::Tensor winograd_filter(const at::Tensor& w);
 
-// out = act(conv3x3(cat(inputs), w, b, dilation=d, padding=d) [+ 0]) in fp32. Every input and `out` must
-// have unit channel stride (channels_last, or a channel slice of a channels_last buffer). `filter` is
-// winograd_filter(w) (callers that reuse a filter pass it once).
-void winograd_conv3x3_out(const std::vector<at::Tensor>& inputs, const at::Tensor& filter,
-                          const c10::optional<at::Tensor>& bias, int64_t dilation, Activation act, float slope,
-                          at::Tensor& out);
+// conv3x3(cat(inputs), w, b, dilation=d, padding=d) in fp32 for an (N, O, H, W) output, handed tile by
+// tile to `epilogue`. Inputs may have any strides (no copies; channels_last reads fastest).
+void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& filter,
+                      const c10::optional<at::Tensor>& bias, int64_t dilation, const TileEpilogue& epilogue);
 
 bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor& w);
 

@@ -5,8 +5,7 @@
 
 #include <algorithm>
 
-// Lanes values never cross a library boundary: the ABI note about 64-byte vectors does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC diagnostic ignored "-Wpsabi"  // see winograd.h
 
 namespace apnt {
 namespace conv {
@@ -17,19 +16,8 @@ constexpr int kTile = 4;         // output tile edge
 constexpr int kIn = 6;           // input tile edge
 constexpr int kPoints = 36;      // kIn * kIn
 constexpr int kChunk = 48;       // tiles per GEMM batch: V, M and U stay near L2
-constexpr int kLanes = 16;       // channels transformed together
-
-// kLanes channels as one value: the 1-D transforms of winograd.h then run on whole vectors.
-typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
-
-// A 4-D view with unit channel stride: element (n, y, x, c) at data + n*sn + y*sy + x*sx + c.
-struct Plane {
-  float* data;
-  int64_t channels, sn, sy, sx;
-};
-
-Plane plane_of(const at::Tensor& t) {
-  return {t.data_ptr<float>(), t.size(1), t.stride(0), t.stride(2), t.stride(3)};
+Plane plane_of_impl(const at::Tensor& t) {
+  return {t.data_ptr<float>(), t.size(1), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
 // One output tile: image n, sub-lattice (py, px), first lattice row/column r0, c0.
@@ -58,29 +46,12 @@ std::vector<Tile> enumerate_tiles(int64_t N, int64_t H, int64_t W, int64_t d) {
 #define APNT_CPU_CLONES
 #endif
 
-inline Lanes load_lanes(const float* p, int lanes) {
-  Lanes v = {};
-  if (lanes == kLanes) {
-    __builtin_memcpy(&v, p, sizeof(Lanes));
-  } else {
-    for (int l = 0; l < lanes; ++l) v[l] = p[l];
-  }
-  return v;
-}
-
-inline void store_lanes(float* p, Lanes v, int lanes) {
-  if (lanes == kLanes) {
-    __builtin_memcpy(p, &v, sizeof(Lanes));
-  } else {
-    for (int l = 0; l < lanes; ++l) p[l] = v[l];
-  }
-}
-
 // V[p][t][k0 + c] = (B^T d B)[p] for the tile's 6x6 input window of one input plane.
 APNT_CPU_CLONES
 void transform_input_tile(const Plane& in, const Tile& tile, int64_t H, int64_t W, int64_t d, float* V,
                           int64_t t, int64_t chunk, int64_t K, int64_t k0) {
   const float* base = in.data + tile.n * in.sn;
+  const int64_t sc = in.sc;
   int64_t row_off[kIn], col_off[kIn];
   bool row_ok[kIn], col_ok[kIn];
   for (int i = 0; i < kIn; ++i) {
@@ -95,50 +66,67 @@ void transform_input_tile(const Plane& in, const Tile& tile, int64_t H, int64_t 
     const int lanes = int(std::min<int64_t>(kLanes, in.channels - c0));
     for (int i = 0; i < kIn; ++i)
       for (int j = 0; j < kIn; ++j)
-        dv[i * kIn + j] = row_ok[i] && col_ok[j] ? load_lanes(base + row_off[i] + col_off[j] + c0, lanes) : Lanes{};
+        dv[i * kIn + j] = row_ok[i] && col_ok[j] ? load_lanes(base + row_off[i] + col_off[j] + c0 * sc, sc, lanes)
+                                                 : Lanes{};
     for (int j = 0; j < kIn; ++j) winograd_input_1d(dv + j, kIn, tv + j, kIn);  // columns: B^T d
     float* dst = V + t * K + k0 + c0;
     for (int i = 0; i < kIn; ++i) {
       winograd_input_1d(tv + i * kIn, 1, rv, 1);  // rows: (B^T d) B
-      for (int j = 0; j < kIn; ++j) store_lanes(dst + int64_t(i * kIn + j) * chunk * K, rv[j], lanes);
+      for (int j = 0; j < kIn; ++j) store_lanes(dst + int64_t(i * kIn + j) * chunk * K, 1, rv[j], lanes);
     }
   }
 }
 
-// out tile from M[p][t][:]: A^T m A, bias, activation; positions past the border are dropped.
+// A^T m A plus bias for one tile from M[p][t][:], handed to the epilogue per block of kLanes channels.
 APNT_CPU_CLONES
 void transform_output_tile(const float* M, int64_t t, int64_t chunk, int64_t O, const Tile& tile, int64_t H,
-                           int64_t W, int64_t d, const float* bias, Activation act, float slope, const Plane& out) {
-  float* base = out.data + tile.n * out.sn;
+                           int64_t W, int64_t d, const float* bias, const TileEpilogue& epilogue) {
+  OutputTile ot;
+  ot.n = tile.n;
+  ot.rows = ot.cols = 0;
+  for (int i = 0; i < kTile; ++i) {
+    const int64_t y = tile.py + d * (tile.r0 + i), x = tile.px + d * (tile.c0 + i);
+    if (y < H) ot.y[ot.rows++] = y;
+    if (x < W) ot.x[ot.cols++] = x;
+  }
   Lanes mv[kPoints], tv[kTile * kIn], yv[kTile * kTile];
   for (int64_t o0 = 0; o0 < O; o0 += kLanes) {
     const int lanes = int(std::min<int64_t>(kLanes, O - o0));
     const float* src = M + t * O + o0;
-    for (int p = 0; p < kPoints; ++p) mv[p] = load_lanes(src + int64_t(p) * chunk * O, lanes);
+    for (int p = 0; p < kPoints; ++p) mv[p] = load_lanes(src + int64_t(p) * chunk * O, 1, lanes);
     for (int j = 0; j < kIn; ++j) winograd_output_1d(mv + j, kIn, tv + j, kIn);            // columns: A^T m
     for (int i = 0; i < kTile; ++i) winograd_output_1d(tv + i * kIn, 1, yv + i * kTile, 1);  // rows: 4x4
-    const Lanes bv = bias ? load_lanes(bias + o0, lanes) : Lanes{};
-    for (int i = 0; i < kTile; ++i) {
-      const int64_t yy = tile.py + d * (tile.r0 + i);
-      if (yy >= H) break;
-      for (int j = 0; j < kTile; ++j) {
-        const int64_t xx = tile.px + d * (tile.c0 + j);
-        if (xx >= W) break;
-        Lanes z = yv[i * kTile + j] + bv;
-        switch (act) {
-          case Activation::kNone: break;
-          case Activation::kRelu: z = z > 0.f ? z : 0.f; break;
-          case Activation::kLeakyRelu: z = z > 0.f ? z : z * slope; break;
-          default:
-            for (int l = 0; l < kLanes; ++l) z[l] = activate<float>(z[l], act, slope);
-        }
-        store_lanes(base + yy * out.sy + xx * out.sx + o0, z, lanes);
-      }
+    if (bias) {
+      const Lanes bv = load_lanes(bias + o0, 1, lanes);
+      for (auto& v : yv) v += bv;
     }
+    epilogue.apply(ot, o0, lanes, yv);
   }
 }
 
 }  // namespace
+
+Plane plane_of(const at::Tensor& t) { return plane_of_impl(t); }
+
+APNT_CPU_CLONES
+void activate_lanes(Lanes& z, Activation act, float slope) {
+  switch (act) {
+    case Activation::kNone: break;
+    case Activation::kRelu: z = z > 0.f ? z : 0.f; break;
+    case Activation::kLeakyRelu: z = z > 0.f ? z : z * slope; break;
+    default:
+      for (int l = 0; l < kLanes; ++l) z[l] = activate<float>(z[l], act, slope);
+  }
+}
+
+void ActivationEpilogue::apply(const OutputTile& tile, int64_t o0, int lanes, Lanes* z) const {
+  for (int i = 0; i < tile.rows; ++i)
+    for (int j = 0; j < tile.cols; ++j) {
+      Lanes& v = z[i * 4 + j];
+      activate_lanes(v, act, slope);
+      store_lanes(out.at(tile.n, o0, tile.y[i], tile.x[j]), out.sc, v, lanes);
+    }
+}
 
 at::Tensor winograd_filter(const at::Tensor& w) {
   // Computed in fp64: the 1/6 and 1/24 factors would otherwise round twice.
@@ -167,18 +155,16 @@ bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor
   return true;
 }
 
-void winograd_conv3x3_out(const std::vector<at::Tensor>& inputs, const at::Tensor& filter,
-                          const c10::optional<at::Tensor>& bias, int64_t dilation, Activation act, float slope,
-                          at::Tensor& out) {
-  const int64_t N = out.size(0), O = out.size(1), H = out.size(2), W = out.size(3), d = dilation;
-  const int64_t K = filter.size(1);
+void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& filter,
+                      const c10::optional<at::Tensor>& bias, int64_t dilation, const TileEpilogue& epilogue) {
+  const at::Tensor& x0 = inputs.front();
+  const int64_t N = x0.size(0), H = x0.size(2), W = x0.size(3), d = dilation;
+  const int64_t K = filter.size(1), O = filter.size(2);
   std::vector<Plane> planes;
   for (const auto& x : inputs) {
-    TORCH_INTERNAL_ASSERT(x.stride(1) == 1 && x.size(0) == N && x.size(2) == H && x.size(3) == W);
+    TORCH_INTERNAL_ASSERT(x.size(0) == N && x.size(2) == H && x.size(3) == W);
     planes.push_back(plane_of(x));
   }
-  TORCH_INTERNAL_ASSERT(out.stride(1) == 1 && filter.size(2) == O);
-  const Plane dst = plane_of(out);
   const std::vector<Tile> tiles = enumerate_tiles(N, H, W, d);
   const int64_t T = int64_t(tiles.size());
   const int64_t chunks = (T + kChunk - 1) / kChunk;
@@ -202,8 +188,7 @@ void winograd_conv3x3_out(const std::vector<at::Tensor>& inputs, const at::Tenso
         for (int p = 0; p < kPoints; ++p) std::fill(v + (p * kChunk + n) * K, v + (p + 1) * kChunk * K, 0.f);
       at::bmm_out(M, V, filter);
       const float* m = M.data_ptr<float>();
-      for (int64_t t = 0; t < n; ++t)
-        transform_output_tile(m, t, kChunk, O, tiles[t0 + t], H, W, d, bptr, act, slope, dst);
+      for (int64_t t = 0; t < n; ++t) transform_output_tile(m, t, kChunk, O, tiles[t0 + t], H, W, d, bptr, epilogue);
     }
   });
 }
