@@ -24,6 +24,13 @@ TORCH_LIBRARY(apnt, m) {
   m.def(
       "attention_blend_bwd(Tensor grad_out, Tensor? grad_attention, Tensor x, Tensor y, Tensor w, Tensor attention, "
       "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // dense (DESIGN §3.2). `buffer` is the (N, C+L*G, H, W) activation buffer, empty when checkpoint=True.
+  m.def(
+      "dense_block_fwd(Tensor x, Tensor[] weights, Tensor[] biases, Tensor fuse_weight, Tensor fuse_bias, "
+      "int dilation, bool checkpoint) -> (Tensor out, Tensor buffer)");
+  m.def(
+      "dense_block_bwd(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] biases, Tensor fuse_weight, "
+      "Tensor buffer, int dilation, bool checkpoint) -> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
   // Run CUDA kernel bodies through the CPU grid emulator (tests). Returns the previous setting.
   m.def("_set_grid_emulation(bool on) -> bool", [](bool on) { return apnt::set_grid_emulation(on); });
   m.def("_built_with_cuda() -> bool", []() {

@@ -2,6 +2,7 @@
 from apnt.ops._backends import BACKENDS, BackendUnavailableError
 from apnt.ops.attention import attention_blend, attention_gate, attention_gate_map
 from apnt.ops.conv import conv2d
+from apnt.ops.dense import dilated_dense_block
 
 __all__ = ["BACKENDS", "BackendUnavailableError", "attention_blend", "attention_gate", "attention_gate_map",
-           "conv2d"]
+           "conv2d", "dilated_dense_block"]

@@ -83,14 +83,17 @@ at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, c
   return out;
 }
 
-at::Tensor grad_input_3x3(const at::Tensor& grad_z, const at::Tensor& w, int64_t dilation) {
+at::Tensor grad_input_3x3(const at::Tensor& grad_z, const at::Tensor& w, int64_t dilation,
+                          const at::Tensor& accumulate_into) {
   if (!winograd_applicable({grad_z}, w)) return at::Tensor();
   // d/dx of a stride-1 "same" convolution is the same convolution of grad_z with the flipped, transposed filter.
   const at::Tensor wt = w.flip({2, 3}).transpose(0, 1);
-  at::Tensor gx = at::empty({grad_z.size(0), w.size(1), grad_z.size(2), grad_z.size(3)},
-                            grad_z.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const bool accumulate = accumulate_into.defined();
+  at::Tensor gx = accumulate ? accumulate_into
+                             : at::empty({grad_z.size(0), w.size(1), grad_z.size(2), grad_z.size(3)},
+                                         grad_z.options().memory_format(at::MemoryFormat::ChannelsLast));
   winograd_conv3x3({grad_z}, winograd_filter(wt), c10::nullopt, dilation,
-                   ActivationEpilogue(plane_of(gx), Activation::kNone, 0.f));
+                   ActivationEpilogue(plane_of(gx), Activation::kNone, 0.f, accumulate));
   return gx;
 }
 

@@ -97,12 +97,14 @@ struct TileEpilogue {
   virtual void apply(const OutputTile& tile, int64_t o0, int lanes, Lanes* z) const = 0;
 };
 
-// Applies the activation in place and stores into `out`.
+// Applies the activation and stores into `out` (or adds to it: gradients summed into a shared buffer).
 struct ActivationEpilogue : TileEpilogue {
   Plane out;
   Activation act;
   float slope;
-  ActivationEpilogue(const Plane& o, Activation a, float s) : out(o), act(a), slope(s) {}
+  bool accumulate;
+  ActivationEpilogue(const Plane& o, Activation a, float s, bool acc = false)
+      : out(o), act(a), slope(s), accumulate(acc) {}
   void apply(const OutputTile& tile, int64_t o0, int lanes, Lanes* z) const override;
 };
 void activate_lanes(Lanes& z, Activation act, float slope);

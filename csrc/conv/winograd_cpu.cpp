@@ -124,7 +124,9 @@ void ActivationEpilogue::apply(const OutputTile& tile, int64_t o0, int lanes, La
     for (int j = 0; j < tile.cols; ++j) {
       Lanes& v = z[i * 4 + j];
       activate_lanes(v, act, slope);
-      store_lanes(out.at(tile.n, o0, tile.y[i], tile.x[j]), out.sc, v, lanes);
+      float* dst = out.at(tile.n, o0, tile.y[i], tile.x[j]);
+      if (accumulate) v += load_lanes(dst, out.sc, lanes);
+      store_lanes(dst, out.sc, v, lanes);
     }
 }
 

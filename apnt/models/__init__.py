@@ -1,0 +1,1 @@
+"""Models: AHDRNet, APNT-Fusion and their building blocks."""
