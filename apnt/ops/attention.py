@@ -149,16 +149,23 @@ def _gate_setup(ctx, inputs, output):
     _, attention, hidden = output
     ctx.save_for_backward(x, ref, w1, w2, attention, hidden)
     ctx.negative_slope = negative_slope
+    # `hidden` is state for backward, not a result: gradients into it are refused rather than ignored.
+    ctx.mark_non_differentiable(hidden)
+    # A missing gradient of the attention map stays None (no zeros tensor is made and read).
+    ctx.set_materialize_grads(False)
 
 
 def _blend_setup(ctx, inputs, output):
     x, y, w, b = inputs
     ctx.save_for_backward(x, y, w, output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _make_gate_backward(bwd_op):
     def backward(ctx, grad_out, grad_attention, grad_hidden):
         x, ref, w1, w2, attention, hidden = ctx.saved_tensors
+        if grad_out is None:  # only the attention map was used
+            grad_out = torch.zeros_like(attention)
         mask = list(ctx.needs_input_grad[:6])
         grads = bwd_op(grad_out, grad_attention, x, ref, w1, w2, attention, hidden, ctx.negative_slope, mask)
         return tuple(g if m else None for g, m in zip(grads, mask)) + (None,)
@@ -168,6 +175,8 @@ def _make_gate_backward(bwd_op):
 def _make_blend_backward(bwd_op):
     def backward(ctx, grad_out, grad_attention):
         x, y, w, attention = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(attention)
         mask = list(ctx.needs_input_grad[:4])
         grads = bwd_op(grad_out, grad_attention, x, y, w, attention, mask)
         return tuple(g if m else None for g, m in zip(grads, mask))
@@ -193,14 +202,14 @@ def _triton_gate_bwd(grad_out: torch.Tensor, grad_attention: Optional[torch.Tens
     gx_gate, gz2 = kernels.gate_backward(grad_out, grad_attention, x, attention)
     need_first = any(output_mask[:4])
     (_, gw2, gb2), (ghidden,) = aten_conv_backward(gz2, [hidden], w2, 1, [need_first, output_mask[4], output_mask[5]])
-    empty = x.new_empty(0)
-    gx = gref = gw1 = gb1 = empty
+    # Fresh empty tensors for masked-out gradients: custom-op outputs may not alias each other.
+    gx, gref, gw1, gb1 = (x.new_empty(0) for _ in range(4))
     if need_first:
         gz1 = conv_kernels.activation_backward(ghidden, hidden, "leaky_relu", negative_slope)
         (_, gw1, gb1), (gx_conv, gref) = aten_conv_backward(
             gz1, [x, ref], w1, 1, [output_mask[0] or output_mask[1], output_mask[2], output_mask[3]])
-        gx = gx_gate + gx_conv if output_mask[0] else empty
-        gref = gref.clone() if output_mask[1] else empty
+        gx = gx_gate + gx_conv if output_mask[0] else x.new_empty(0)
+        gref = gref.clone() if output_mask[1] else x.new_empty(0)
     return gx, gref, gw1, gb1, gw2, gb2
 
 
@@ -217,11 +226,11 @@ def _triton_blend_bwd(grad_out: torch.Tensor, grad_attention: Optional[torch.Ten
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from apnt.kernels import attention as kernels
     gx_direct, gy_direct, gz = kernels.blend_backward(grad_out, grad_attention, x, y, attention)
-    empty = x.new_empty(0)
     (_, gw, gb), (gx_conv, gy_conv) = aten_conv_backward(
         gz, [x, y], w, 1, [output_mask[0] or output_mask[1], output_mask[2], output_mask[3]])
-    return (gx_direct + gx_conv if output_mask[0] else empty, gy_direct + gy_conv if output_mask[1] else empty,
-            gw, gb)
+    # Fresh empty tensors for masked-out gradients: custom-op outputs may not alias each other.
+    return (gx_direct + gx_conv if output_mask[0] else x.new_empty(0),
+            gy_direct + gy_conv if output_mask[1] else x.new_empty(0), gw, gb)
 
 
 def _register(ns):

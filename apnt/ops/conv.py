@@ -132,10 +132,11 @@ def aten_conv_backward(gz, inputs, w, dilation, output_mask):
     gx, gw, gb = torch.ops.aten.convolution_backward(
         gz.contiguous(memory_format=torch.channels_last), x, w, [w.shape[0]], [1, 1], [pad, pad],
         [dilation, dilation], False, [0, 0], 1, list(output_mask))
-    empty = x.new_empty(0)
-    per_input = list(gx.split([t.shape[1] for t in inputs], 1)) if output_mask[0] else [empty] * len(inputs)
-    return (gx if output_mask[0] else empty, gw if output_mask[1] else empty,
-            gb if output_mask[2] else empty), per_input
+    def unused():  # one fresh empty tensor per masked-out gradient: custom-op outputs may not alias each other
+        return x.new_empty(0)
+    per_input = list(gx.split([t.shape[1] for t in inputs], 1)) if output_mask[0] else [unused() for _ in inputs]
+    return (gx if output_mask[0] else unused(), gw if output_mask[1] else unused(),
+            gb if output_mask[2] else unused()), per_input
 
 
 def _register(ns):

@@ -98,6 +98,7 @@ def _fake_bwd(grad_out, x, weights, biases, fuse_weight, buffer, dilation, check
 def _setup_context(ctx, inputs, output):
     x, weights, biases, fuse_weight, fuse_bias, dilation, checkpoint = inputs
     ctx.save_for_backward(x, fuse_weight, output[1], *weights, *biases)
+    ctx.mark_non_differentiable(output[1])  # the activation buffer is state for backward, not a result
     ctx.layers = len(weights)
     ctx.args = (dilation, checkpoint)
 
