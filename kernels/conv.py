@@ -9,7 +9,9 @@ accumulating in float32. Stride 1, "same" zero padding d * (k//2), odd k, dilati
 The input may be two tensors whose channels are concatenated virtually (AHDRNet's cat(x, ref)): channels
 < C0 come from the first pointer, the rest from the second, each read in place through its own strides
 (any layout, slices included). The epilogue adds the bias, applies the activation and may write a second
-output of the same shape: GATE  out2 = x * s,  BLEND  out2 = y + s * (x - y)  (= s x + (1 - s) y).
+output of the same shape: GATE  out2 = x * s,  BLEND  out2 = y + s * (x - y)  (= s x + (1 - s) y); or add a
+residual to the output itself: RESIDUAL  out = s + x. The output is written through its strides, so it may be a
+channel slice of a larger buffer (the dense block's layers write straight into their slice).
 
 Backward (apnt.ops.conv): `activation_backward` turns the output gradient into the pre-activation gradient,
 reading act' from the saved output; the convolution backward itself is ATen's convolution_backward.
@@ -23,7 +25,7 @@ import triton
 import triton.language as tl
 
 ACTIVATIONS = ("none", "relu", "leaky_relu", "sigmoid")
-EPILOGUES = ("none", "gate", "blend")
+EPILOGUES = ("none", "gate", "blend", "residual")
 ELEMENTWISE_BLOCK = 1024
 
 
@@ -77,7 +79,7 @@ def _input_tile(x_ptr, pixel, c, sc, load_ok):
 def conv2d_kernel(x0_ptr, x0_sn, x0_sc, x0_sh, x0_sw, C0,
                   x1_ptr, x1_sn, x1_sc, x1_sh, x1_sw, C1,
                   w_ptr, w_so, w_sc, w_sh, w_sw, b_ptr,
-                  out_ptr, out2_ptr,
+                  out_ptr, out_sn, out_sc, out_sh, out_sw, out2_ptr,
                   e0_ptr, e0_sn, e0_sc, e0_sh, e0_sw,
                   e1_ptr, e1_sn, e1_sc, e1_sh, e1_sw,
                   H, W, M, O, KS, DILATION, negative_slope,
@@ -87,7 +89,8 @@ def conv2d_kernel(x0_ptr, x0_sn, x0_sc, x0_sh, x0_sw, C0,
     """One (BLOCK_M pixels) x (BLOCK_N output channels) tile; grid (cdiv(M, BLOCK_M), cdiv(O, BLOCK_N)).
 
     x0 (N, C0, H, W), x1 (N, C1, H, W) (C1 = 0: one input), w (O, C0 + C1, KS, KS), b (O,), all by strides;
-    out, out2 (N, O, H, W) fresh channels_last; e0, e1 the epilogue operands (GATE: x; BLEND: x, y)."""
+    out (N, O, H, W) by strides (out2, when written, has the same strides); e0, e1 the epilogue operands
+    (GATE, RESIDUAL: x; BLEND: x, y)."""
     offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -119,13 +122,16 @@ def conv2d_kernel(x0_ptr, x0_sn, x0_sc, x0_sh, x0_sw, C0,
         acc += tl.load(b_ptr + offs_o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
     s = activate(acc, ACTIVATION, tl.cast(negative_slope, tl.float32))
     ok = m_ok[:, None] & o_ok[None, :]
-    out_offs = offs_m[:, None] * O + offs_o[None, :]  # channels_last: pixel-major, channels contiguous
-    tl.store(out_ptr + out_offs, s.to(out_ptr.dtype.element_ty), mask=ok)
-
+    channel = offs_o.to(tl.int64)[None, :]
     if EPILOGUE != "none":
-        channel = offs_o.to(tl.int64)[None, :]
         xe = tl.load(e0_ptr + (n * e0_sn + oh * e0_sh + ow * e0_sw)[:, None] + channel * e0_sc,
                      mask=ok, other=0.0).to(tl.float32)
+    if EPILOGUE == "residual":
+        s += xe
+    out_offs = (n * out_sn + oh * out_sh + ow * out_sw)[:, None] + channel * out_sc
+    tl.store(out_ptr + out_offs, s.to(out_ptr.dtype.element_ty), mask=ok)
+
+    if EPILOGUE == "gate" or EPILOGUE == "blend":
         if EPILOGUE == "gate":
             out2 = xe * s
         else:  # blend
@@ -156,7 +162,7 @@ def launch_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _launch(inputs, w, b, dilation, activation, negative_slope, epilogue, operands, input_precision):
+def _launch(inputs, w, b, dilation, activation, negative_slope, epilogue, operands, input_precision, out=None):
     if not 1 <= len(inputs) <= 2:
         raise ValueError(f"conv2d_forward: expected 1 or 2 inputs, got {len(inputs)}")
     if activation not in ACTIVATIONS or epilogue not in EPILOGUES:
@@ -168,8 +174,16 @@ def _launch(inputs, w, b, dilation, activation, negative_slope, epilogue, operan
     o, c, k, _ = w.shape
     if c0 + c1 != c:
         raise ValueError(f"conv2d_forward: inputs have {c0 + c1} channels, w expects {c}")
-    out = torch.empty((n, o, h, width), dtype=x0.dtype, device=x0.device, memory_format=torch.channels_last)
-    out2 = torch.empty_like(out) if epilogue != "none" else out
+    if out is None:
+        out = torch.empty((n, o, h, width), dtype=x0.dtype, device=x0.device, memory_format=torch.channels_last)
+    elif out.shape != (n, o, h, width) or out.dtype != x0.dtype or out.device != x0.device:
+        raise ValueError(f"conv2d_forward: out of shape {tuple(out.shape)} and dtype {out.dtype}, expected "
+                         f"{(n, o, h, width)} and {x0.dtype}")
+    # out2 is indexed with out's strides: only a fresh out (dense channels_last) may have a second output.
+    two_outputs = epilogue in ("gate", "blend")
+    if two_outputs and not out.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"conv2d_forward: the {epilogue} epilogue needs a dense channels_last out")
+    out2 = torch.empty_like(out) if two_outputs else out
     for t in operands:
         if t.shape != out.shape:
             raise ValueError(f"conv2d_forward: epilogue operand of shape {tuple(t.shape)}, expected {tuple(out.shape)}")
@@ -183,21 +197,30 @@ def _launch(inputs, w, b, dilation, activation, negative_slope, epilogue, operan
     with launch_device(x0):
         conv2d_kernel[grid](
             x0, *x0.stride(), c0, x1, *x1.stride(), c1, w, *w.stride(), w if b is None else b.contiguous(),
-            out, out2, e0, *e0.stride(), e1, *e1.stride(), h, width, m, o, k, dilation, float(negative_slope),
+            out, *out.stride(), out2, e0, *e0.stride(), e1, *e1.stride(), h, width, m, o, k, dilation,
+            float(negative_slope),
             HAS_BIAS=b is not None, ACTIVATION=activation, EPILOGUE=epilogue, INPUT_PRECISION=input_precision,
             **cfg)
     return out, out2
 
 
 def conv2d_forward(inputs: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor | None, dilation: int,
-                   activation: str, negative_slope: float, *, input_precision: str = "ieee") -> torch.Tensor:
-    """act(conv2d(cat(inputs, 1), w, b)), "same" padding, as a new channels_last tensor.
+                   activation: str, negative_slope: float, *, input_precision: str = "ieee",
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """act(conv2d(cat(inputs, 1), w, b)), "same" padding, as a new channels_last tensor (or into `out`).
 
     inputs: one or two (N, C_i, H, W) tensors, any strides, concatenated along channels without a copy;
     w (O, sum C_i, k, k), odd k; b (O,) or None; one dtype of float16 / bfloat16 / float32 (float32
     accumulation). input_precision "ieee" (exact fp32 products) or "tf32" (float32 inputs on GPUs).
-    Returns (N, O, H, W) in the inputs' dtype."""
-    return _launch(inputs, w, b, dilation, activation, negative_slope, "none", (), input_precision)[0]
+    out: None, or an (N, O, H, W) tensor of the inputs' dtype with any strides (e.g. a channel slice of a
+    buffer the inputs are other channels of) that is written in place and returned; it must not overlap
+    the inputs. Returns (N, O, H, W) in the inputs' dtype."""
+    return _launch(inputs, w, b, dilation, activation, negative_slope, "none", (), input_precision, out)[0]
+
+
+def conv2d_forward_residual(inputs, w, b, dilation, activation, negative_slope, x, *, input_precision="ieee"):
+    """conv2d_forward(inputs, w, b, ...) + x as a new channels_last tensor; x (N, O, H, W), any strides."""
+    return _launch(inputs, w, b, dilation, activation, negative_slope, "residual", (x,), input_precision)[0]
 
 
 def conv2d_forward_gated(inputs, w, b, dilation, activation, negative_slope, x, *, input_precision="ieee"):

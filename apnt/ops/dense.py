@@ -9,6 +9,12 @@ Native: one preallocated channels_last (N, C+L*G, H, W) buffer; layer i reads it
 is one GEMM over the buffer with bias and residual fused after it. Backward fills one gradient buffer the
 same way. Memory held for backward: the buffer (eager keeps every concatenation); with checkpoint=True,
 nothing beyond x — the buffer is rebuilt in backward.
+
+Triton (apnt.kernels.dense): the same buffer, filled by the implicit-GEMM convolution kernel of family conv
+writing each layer straight into its slice, the 1x1 fusion with bias and residual fused into that kernel's
+epilogue; backward through one gradient buffer with a Triton ReLU-derivative kernel and ATen's
+convolution_backward. Both are ops `apnt::` / `apnt_triton::dense_block_fwd(x, weights, biases, fuse_weight,
+fuse_bias, dilation, checkpoint) -> (out, buffer)` and `dense_block_bwd`, registered by `_register` below.
 """
 from __future__ import annotations
 
@@ -64,7 +70,9 @@ def dilated_dense_block(x, weights, biases, fuse_weight, fuse_bias, *, dilation=
     Args:
         x: (N, C, H, W). weights[i]: (G, C+i*G, 3, 3), biases[i]: (G,) for i < L. fuse_weight: (C, C+L*G, 1, 1),
         fuse_bias: (C,). dilation >= 1. checkpoint: keep only x for backward and recompute the buffer.
-    Returns: (N, C, H, W) (channels_last from native).
+    Returns: (N, C, H, W) (channels_last from native and triton).
+    Raises: TypeError / ValueError naming the argument (e.g. 'weights[2]') and its expected shape;
+        BackendUnavailableError listing every backend.
     """
     validate(x, weights, biases, fuse_weight, fuse_bias, dilation, checkpoint)
     name = _backends.select("dilated_dense_block", backend, x.device, x.dtype)
@@ -74,12 +82,11 @@ def dilated_dense_block(x, weights, biases, fuse_weight, fuse_bias, *, dilation=
                 dilated_dense_block_reference, x, list(weights), list(biases), fuse_weight, fuse_bias,
                 dilation=dilation, use_reentrant=False)
         return dilated_dense_block_reference(x, weights, biases, fuse_weight, fuse_bias, dilation=dilation)
-    if name == "triton":
-        raise _backends.BackendUnavailableError(
-            "apnt.ops.dilated_dense_block: the triton backend is not implemented yet; use native or reference")
-    return torch.ops.apnt.dense_block_fwd(x, list(weights), list(biases), fuse_weight, fuse_bias, dilation,
-                                          checkpoint)[0]
+    ns = torch.ops.apnt if name == "native" else torch.ops.apnt_triton
+    return ns.dense_block_fwd(x, list(weights), list(biases), fuse_weight, fuse_bias, dilation, checkpoint)[0]
 
+
+# ---- registrations shared by the native (apnt::) and Triton (apnt_triton::) ops ---------------------------
 
 def _fake_fwd(x, weights, biases, fuse_weight, fuse_bias, dilation, checkpoint):
     n, c, h, w = x.shape
@@ -103,16 +110,46 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (dilation, checkpoint)
 
 
-def _backward(ctx, grad_out, grad_buffer):
-    x, fuse_weight, buffer, *rest = ctx.saved_tensors
-    weights, biases = rest[:ctx.layers], rest[ctx.layers:]
-    gx, gws, gbs, gfw, gfb = torch.ops.apnt.dense_block_bwd(grad_out, x, weights, biases, fuse_weight, buffer,
-                                                            *ctx.args)
-    return gx, gws, gbs, gfw, gfb, None, None
+def _make_backward(bwd_op):
+    def backward(ctx, grad_out, grad_buffer):
+        x, fuse_weight, buffer, *rest = ctx.saved_tensors
+        weights, biases = rest[:ctx.layers], rest[ctx.layers:]
+        gx, gws, gbs, gfw, gfb = bwd_op(grad_out, x, weights, biases, fuse_weight, buffer, *ctx.args)
+        return gx, gws, gbs, gfw, gfb, None, None
+    return backward
+
+
+# The Triton ops have the native schemas (csrc/registration.cpp), so one set of helpers serves both namespaces.
+# The kernels live in apnt.kernels.dense, imported only when called (CPU-only installs never import triton here).
+@torch.library.custom_op("apnt_triton::dense_block_fwd", mutates_args=(),
+                         schema="(Tensor x, Tensor[] weights, Tensor[] biases, Tensor fuse_weight, Tensor fuse_bias, "
+                                "int dilation, bool checkpoint) -> (Tensor out, Tensor buffer)")
+def _triton_dense_block_fwd(x, weights, biases, fuse_weight, fuse_bias, dilation, checkpoint):
+    from apnt.kernels import dense as kernels
+    out, buffer = kernels.dense_block_forward(x, weights, biases, fuse_weight, fuse_bias, dilation)
+    # checkpoint=True keeps only x (an input): backward rebuilds the buffer. A fresh empty tensor, not an alias.
+    return out, x.new_empty(0) if checkpoint else buffer
+
+
+@torch.library.custom_op("apnt_triton::dense_block_bwd", mutates_args=(),
+                         schema="(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] biases, Tensor fuse_weight, "
+                                "Tensor buffer, int dilation, bool checkpoint) "
+                                "-> (Tensor, Tensor[], Tensor[], Tensor, Tensor)")
+def _triton_dense_block_bwd(grad_out, x, weights, biases, fuse_weight, buffer, dilation, checkpoint):
+    from apnt.kernels import dense as kernels
+    if checkpoint:
+        buffer = kernels.dense_block_buffer(x, weights, biases, dilation)
+    return kernels.dense_block_backward(grad_out, x, weights, biases, fuse_weight, buffer, dilation)
+
+
+def _register(ns):
+    torch.library.register_fake(f"{ns}::dense_block_fwd", _fake_fwd)
+    torch.library.register_fake(f"{ns}::dense_block_bwd", _fake_bwd)
+    bwd = getattr(torch.ops, ns).dense_block_bwd
+    torch.library.register_autograd(f"{ns}::dense_block_fwd", _make_backward(bwd), setup_context=_setup_context)
+    _autocast.register(f"{ns}::dense_block_fwd")
 
 
 if _native.load_error() is None:
-    torch.library.register_fake("apnt::dense_block_fwd", _fake_fwd)
-    torch.library.register_fake("apnt::dense_block_bwd", _fake_bwd)
-    torch.library.register_autograd("apnt::dense_block_fwd", _backward, setup_context=_setup_context)
-    _autocast.register("apnt::dense_block_fwd")
+    _register("apnt")
+_register("apnt_triton")

@@ -9,12 +9,12 @@ namespace attention {
 
 // The arithmetic, once. T may be a scalar or a SIMD vector (the CPU Winograd epilogues use whole vectors).
 template <typename T>
-APNT_HD T gate_value(T x, T s) {
+APNT_HD T gate_value(const T& x, const T& s) {
   return x * s;
 }
 
 template <typename T>
-APNT_HD T blend_value(T x, T y, T a) {
+APNT_HD T blend_value(const T& x, const T& y, const T& a) {
   return y + a * (x - y);
 }
 

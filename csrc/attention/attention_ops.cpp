@@ -6,6 +6,7 @@
 
 #include "attention/attention_epilogue.h"
 #include "common/checks.h"
+#include "common/operands.h"
 #include "conv/conv.h"
 
 namespace apnt {
@@ -42,10 +43,6 @@ void check_pair(const at::Tensor& x, const at::Tensor& other, const char* name) 
                  "expected batch and spatial size of x ", x.sizes(), ", got ", other.sizes());
 }
 
-// Gradients come back in the layout of the tensor they belong to (what the fake kernels promise).
-at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
-  return t.defined() ? t.contiguous(like.suggest_memory_format()) : at::empty({0}, like.options());
-}
 
 at::Tensor defined_or_null(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
@@ -82,8 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor gx, gref;
   if (mask[0]) gx = gx_gate + g1.inputs[0];
   if (mask[1]) gref = g1.inputs[1];
-  return {or_empty(gx, x), or_empty(gref, ref), or_empty(g1.weight, w1), or_empty(g1.bias, x),
-          or_empty(g2.weight, w2), or_empty(g2.bias, x)};
+  return {or_empty(gx, x), or_empty(gref, ref), or_empty(g1.weight, w1), bias_or_empty(g1.bias, x),
+          or_empty(g2.weight, w2), bias_or_empty(g2.bias, x)};
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_blend_fwd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
@@ -109,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_blend_bwd(
   at::Tensor gx, gy;
   if (mask[0]) gx = gx_direct + g.inputs[0];
   if (mask[1]) gy = gy_direct + g.inputs[1];
-  return {or_empty(gx, x), or_empty(gy, y), or_empty(g.weight, w), or_empty(g.bias, x)};
+  return {or_empty(gx, x), or_empty(gy, y), or_empty(g.weight, w), bias_or_empty(g.bias, x)};
 }
 
 }  // namespace

@@ -18,7 +18,7 @@ APNT_HD T sigmoid(T z) {
 
 template <typename T>
 APNT_HD T leaky_relu(T z, T slope) {
-  return z > T(0) ? z : z * slope;
+  return z < T(0) ? z * slope : z;  // NaN stays NaN
 }
 
 }  // namespace apnt

@@ -16,6 +16,17 @@ const scalar_t* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
 }
 
+// Gradient outputs of the _bwd ops come back in the layout of the tensor they belong to (what the fake
+// kernels promise); a gradient that was not asked for is an empty tensor.
+inline at::Tensor or_empty(const at::Tensor& grad, const at::Tensor& like) {
+  return grad.defined() ? grad.contiguous(like.suggest_memory_format()) : at::empty({0}, like.options());
+}
+
+// 1-D bias gradients: plain contiguous.
+inline at::Tensor bias_or_empty(const at::Tensor& grad, const at::Tensor& options_from) {
+  return grad.defined() ? grad.contiguous() : at::empty({0}, options_from.options());
+}
+
 }  // namespace apnt
 
 #define APNT_DISPATCH_FLOATING(TYPE, NAME, ...) \

@@ -16,7 +16,7 @@ enum class Activation : int { kNone = 0, kRelu = 1, kLeakyRelu = 2, kSigmoid = 3
 template <typename T>
 APNT_HD T activate(T z, Activation act, T slope) {
   switch (act) {
-    case Activation::kRelu: return z > T(0) ? z : T(0);
+    case Activation::kRelu: return z < T(0) ? T(0) : z;  // NaN stays NaN, as in F.relu
     case Activation::kLeakyRelu: return leaky_relu(z, slope);
     case Activation::kSigmoid: return sigmoid(z);
     default: return z;

@@ -34,7 +34,8 @@ at::Tensor onednn_conv(const at::Tensor& x, const at::Tensor& w, const c10::opti
   stack.reserve(10);
   stack.emplace_back(x);
   stack.emplace_back(w);
-  stack.emplace_back(b.has_value() ? c10::IValue(*b) : c10::IValue());
+  // oneDNN reads the bias as a dense vector: a strided one (a slice of a longer vector) must be packed.
+  stack.emplace_back(b.has_value() ? c10::IValue(b->contiguous()) : c10::IValue());
   stack.emplace_back(std::vector<int64_t>{pad, pad});
   stack.emplace_back(std::vector<int64_t>{1, 1});
   stack.emplace_back(std::vector<int64_t>{d, d});
@@ -72,8 +73,13 @@ at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, c
   const at::Tensor x = inputs.size() == 1 ? inputs.front() : at::cat(inputs, 1);
   const auto dtype = x.scalar_type();
   if (dtype == at::kFloat || dtype == at::kBFloat16) {
-    return onednn_conv(channels_last_view(x), w.contiguous(), b, dilation, act, slope)
-        .contiguous(at::MemoryFormat::ChannelsLast);
+    // oneDNN's relu post-op (alpha = 0) maps NaN to 0; F.relu keeps it. That one runs as our epilogue.
+    const bool hides_nan = act == Activation::kRelu || (act == Activation::kLeakyRelu && slope == 0.0);
+    at::Tensor out = onednn_conv(channels_last_view(x), w.contiguous(), b, dilation,
+                                 hides_nan ? Activation::kNone : act, slope)
+                         .contiguous(at::MemoryFormat::ChannelsLast);
+    if (hides_nan) cpu::activation_forward_(out, act, slope);
+    return out;
   }
   // fp64 and fp16: oneDNN's fused path rejects them on this CPU; ATen convolution + our epilogue.
   const int64_t pad = dilation * (w.size(2) / 2);
@@ -87,12 +93,11 @@ at::Tensor grad_input_3x3(const at::Tensor& grad_z, const at::Tensor& w, int64_t
                           const at::Tensor& accumulate_into) {
   if (!winograd_applicable({grad_z}, w)) return at::Tensor();
   // d/dx of a stride-1 "same" convolution is the same convolution of grad_z with the flipped, transposed filter.
-  const at::Tensor wt = w.flip({2, 3}).transpose(0, 1);
   const bool accumulate = accumulate_into.defined();
   at::Tensor gx = accumulate ? accumulate_into
                              : at::empty({grad_z.size(0), w.size(1), grad_z.size(2), grad_z.size(3)},
                                          grad_z.options().memory_format(at::MemoryFormat::ChannelsLast));
-  winograd_conv3x3({grad_z}, winograd_filter(wt), c10::nullopt, dilation,
+  winograd_conv3x3({grad_z}, winograd_filter(w, /*for_grad_input=*/true), c10::nullopt, dilation,
                    ActivationEpilogue(plane_of(gx), Activation::kNone, 0.f, accumulate));
   return gx;
 }

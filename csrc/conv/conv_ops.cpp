@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/operands.h"
 #include "conv/conv.h"
 
 namespace apnt {
@@ -35,6 +36,23 @@ namespace {
 at::Tensor concat(const std::vector<at::Tensor>& inputs) {
   return inputs.size() == 1 ? inputs.front() : at::cat(inputs, 1);
 }
+
+// The concatenation in channels_last, written once (oneDNN's weight gradient is fastest with both
+// operands channels_last; at::cat of NCHW inputs would give NCHW and need a second copy).
+at::Tensor concat_channels_last(const std::vector<at::Tensor>& inputs) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  if (inputs.size() == 1) return inputs.front().contiguous(cl);
+  int64_t channels = 0;
+  for (const auto& t : inputs) channels += t.size(1);
+  const at::Tensor& x = inputs.front();
+  at::Tensor out = at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(cl));
+  int64_t c0 = 0;
+  for (const auto& t : inputs) {
+    out.narrow(1, c0, t.size(1)).copy_(t);
+    c0 += t.size(1);
+  }
+  return out;
+}
 }  // namespace
 
 at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, const c10::optional<at::Tensor>& b,
@@ -59,8 +77,8 @@ Grads backward(const at::Tensor& grad_z, const std::vector<at::Tensor>& inputs, 
   }
   if (need_inputs || need_weight) {
     // The concatenation exists only here, for the weight gradient: nothing holds it after backward.
-    const at::Tensor x = concat(inputs);
-    const at::Tensor gz = grad_z.contiguous(x.suggest_memory_format());
+    const at::Tensor x = concat_channels_last(inputs);
+    const at::Tensor gz = grad_z.contiguous(at::MemoryFormat::ChannelsLast);
     auto r = at::convolution_backward(gz, x, w, c10::nullopt, {1, 1}, {pad, pad}, {dilation, dilation}, false,
                                       {0, 0}, 1, {need_inputs, need_weight, false});
     if (need_inputs) grad_x = std::get<0>(r);
@@ -79,10 +97,6 @@ Grads backward(const at::Tensor& grad_z, const std::vector<at::Tensor>& inputs, 
 
 namespace {
 
-// Gradients come back in the layout of the tensor they belong to (what the fake kernels promise).
-at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
-  return t.defined() ? t.contiguous(like.suggest_memory_format()) : at::empty({0}, like.options());
-}
 
 at::Tensor conv2d_fwd(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                       int64_t dilation, c10::string_view activation, double negative_slope) {
@@ -100,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd(const at::Tensor& grad
                                                           double negative_slope, std::array<bool, 3> mask) {
   const at::Tensor gz = activation_backward(grad_out, out, parse_activation(activation), negative_slope);
   Grads g = backward(gz, {x}, w, dilation, mask[0], mask[1], mask[2]);
-  return {or_empty(mask[0] ? g.inputs[0] : at::Tensor(), x), or_empty(g.weight, w), or_empty(g.bias, x)};
+  return {or_empty(mask[0] ? g.inputs[0] : at::Tensor(), x), or_empty(g.weight, w), bias_or_empty(g.bias, x)};
 }
 
 }  // namespace

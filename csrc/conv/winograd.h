@@ -67,7 +67,7 @@ inline Lanes load_lanes(const float* p, int64_t stride, int lanes) {
   return v;
 }
 
-inline void store_lanes(float* p, int64_t stride, Lanes v, int lanes) {
+inline void store_lanes(float* p, int64_t stride, const Lanes& v, int lanes) {
   if (stride == 1 && lanes == kLanes) {
     __builtin_memcpy(p, &v, sizeof(Lanes));
   } else {
@@ -111,8 +111,9 @@ void activate_lanes(Lanes& z, Activation act, float slope);
 
 #pragma GCC diagnostic pop
 
-// Transformed filters (36, K, O) for w (O, K, 3, 3), fp32.
-at::Tensor winograd_filter(const at::Tensor& w);
+// Transformed filters (36, K, O) for w (O, K, 3, 3), fp32. for_grad_input: those of the convolution that
+// gives d/d input, i.e. of w flipped in space and transposed in channels: (36, O, K).
+at::Tensor winograd_filter(const at::Tensor& w, bool for_grad_input = false);
 
 // conv3x3(cat(inputs), w, b, dilation=d, padding=d) in fp32 for an (N, O, H, W) output, handed tile by
 // tile to `epilogue`. Inputs may have any strides (no copies; channels_last reads fastest).

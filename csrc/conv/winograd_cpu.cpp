@@ -112,8 +112,8 @@ APNT_CPU_CLONES
 void activate_lanes(Lanes& z, Activation act, float slope) {
   switch (act) {
     case Activation::kNone: break;
-    case Activation::kRelu: z = z > 0.f ? z : 0.f; break;
-    case Activation::kLeakyRelu: z = z > 0.f ? z : z * slope; break;
+    case Activation::kRelu: z = z < 0.f ? Lanes{} : z; break;  // NaN stays NaN, as in F.relu
+    case Activation::kLeakyRelu: z = z < 0.f ? z * slope : z; break;
     default:
       for (int l = 0; l < kLanes; ++l) z[l] = activate<float>(z[l], act, slope);
   }
@@ -130,21 +130,23 @@ void ActivationEpilogue::apply(const OutputTile& tile, int64_t o0, int lanes, La
     }
 }
 
-at::Tensor winograd_filter(const at::Tensor& w) {
-  // Computed in fp64: the 1/6 and 1/24 factors would otherwise round twice.
-  const at::Tensor wd = w.to(at::kDouble).contiguous();
+at::Tensor winograd_filter(const at::Tensor& w, bool for_grad_input) {
+  // Computed in fp64 (the 1/6 and 1/24 factors would otherwise round twice), read straight from fp32.
+  const at::Tensor wc = w.contiguous();
   const int64_t O = w.size(0), K = w.size(1);
-  at::Tensor U = at::empty({kPoints, K, O}, w.options().dtype(at::kFloat));
-  const double* g = wd.data_ptr<double>();
+  at::Tensor U = at::empty(for_grad_input ? at::IntArrayRef{kPoints, O, K} : at::IntArrayRef{kPoints, K, O},
+                           w.options().dtype(at::kFloat));
+  const float* g = wc.data_ptr<float>();
   float* u = U.data_ptr<float>();
   at::parallel_for(0, O * K, 256, [&](int64_t begin, int64_t end) {
     for (int64_t ok = begin; ok < end; ++ok) {
       const int64_t o = ok / K, k = ok % K;
-      const double* f = g + ok * 9;
-      double t[kIn * 3], r[kPoints];
-      for (int j = 0; j < 3; ++j) winograd_filter_1d(f + j, 3, t + j, 3);       // G g: 6x3
+      double f[9], t[kIn * 3], r[kPoints];
+      for (int i = 0; i < 9; ++i) f[i] = g[ok * 9 + (for_grad_input ? 8 - i : i)];  // flipped for grad input
+      for (int j = 0; j < 3; ++j) winograd_filter_1d(f + j, 3, t + j, 3);              // G g: 6x3
       for (int i = 0; i < kIn; ++i) winograd_filter_1d(t + i * 3, 1, r + i * kIn, 1);  // (G g) G^T: 6x6
-      for (int p = 0; p < kPoints; ++p) u[(int64_t(p) * K + k) * O + o] = float(r[p]);
+      for (int p = 0; p < kPoints; ++p)
+        u[for_grad_input ? (int64_t(p) * O + o) * K + k : (int64_t(p) * K + k) * O + o] = float(r[p]);
     }
   });
   return U;
