@@ -57,9 +57,9 @@ def positive_int(v, name: str) -> int:
 
 
 def slope(v, name: str = "negative_slope") -> float:
-    if isinstance(v, torch.SymFloat):  # under torch.compile with a varying slope: no value to check here
-        return v
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+    # Written with comparisons only: under torch.compile a varying slope is a SymFloat, where math.isfinite
+    # would break the graph.
+    if isinstance(v, bool) or not isinstance(v, (int, float, torch.SymFloat)) or not (0 <= v < math.inf):
         raise ValueError(f"argument '{name}': expected a finite number >= 0 (the backward reads the activation's "
                          f"derivative from its output, which needs a monotonic activation), got {v!r}")
-    return float(v)
+    return v if isinstance(v, torch.SymFloat) else float(v)

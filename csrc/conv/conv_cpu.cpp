@@ -64,13 +64,22 @@ at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& y, Acti
 at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                    int64_t dilation, Activation act, double slope) {
   const at::Tensor& x0 = inputs.front();
+  // Under grid emulation the CPU runs what the CUDA launcher runs: ATen convolution, then the epilogue body.
+  if (grid_emulation_enabled()) {
+    const int64_t pad = dilation * (w.size(2) / 2);
+    at::Tensor out = at::convolution(inputs.size() == 1 ? x0 : at::cat(inputs, 1), w, b, {1, 1}, {pad, pad},
+                                     {dilation, dilation}, false, {0, 0}, 1)
+                         .contiguous(at::MemoryFormat::ChannelsLast);
+    cpu::activation_forward_(out, act, slope);
+    return out;
+  }
   if (winograd_applicable(inputs, w)) {
     at::Tensor out = at::empty({x0.size(0), w.size(0), x0.size(2), x0.size(3)},
                                x0.options().memory_format(at::MemoryFormat::ChannelsLast));
     winograd_conv3x3(inputs, winograd_filter(w), b, dilation, ActivationEpilogue(plane_of(out), act, float(slope)));
     return out;
   }
-  const at::Tensor x = inputs.size() == 1 ? inputs.front() : at::cat(inputs, 1);
+  const at::Tensor x = inputs.size() == 1 ? x0 : at::cat(inputs, 1);
   const auto dtype = x.scalar_type();
   if (dtype == at::kFloat || dtype == at::kBFloat16) {
     // oneDNN's relu post-op (alpha = 0) maps NaN to 0; F.relu keeps it. That one runs as our epilogue.
