@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -23,6 +24,10 @@ def _cmd_info(args) -> int:
     print("apnt._C: " + ("built" + (" with CUDA" if _native.built_with_cuda() else " (CPU only)") if err is None
                          else f"not available: {err}"))
     print(f"threads: {torch.get_num_threads()}")
+    env = os.environ.get("APNT_BACKEND")
+    if env:
+        _backends._requested(env)  # raises a ValueError naming the setting when it is not a backend
+        print(f"APNT_BACKEND={env} replaces backend='auto' in every op")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         print(f"\nbackends on {device} (float32):")
@@ -56,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (ValueError, TypeError) as e:  # bad settings or arguments: one line, no traceback
+        print(f"apnt {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -41,11 +41,26 @@ def _blend_inputs(g, device, dtype):
             _randn(g, device, dtype, 6, 12, 3, 3, scale=0.2), _randn(g, device, dtype, 6))
 
 
+def _dense_inputs(g, device, dtype):
+    c, growth, layers = 5, 3, 3
+    weights = [_randn(g, device, dtype, growth, c + i * growth, 3, 3, scale=0.2) for i in range(layers)]
+    biases = [_randn(g, device, dtype, growth, scale=0.1) for _ in range(layers)]
+    return (_randn(g, device, dtype, 2, c, 9, 14), *weights, *biases,
+            _randn(g, device, dtype, c, c + layers * growth, 1, 1, scale=0.2), _randn(g, device, dtype, c))
+
+
+def _dense_call(x, *rest, backend):
+    layers = (len(rest) - 2) // 2
+    return ops.dilated_dense_block(x, list(rest[:layers]), list(rest[layers:2 * layers]), rest[-2], rest[-1],
+                                   dilation=2, backend=backend)
+
+
 CASES = [
     Case("conv2d", _conv_inputs,
          lambda x, w, b, backend: ops.conv2d(x, w, b, dilation=2, activation="leaky_relu", backend=backend)),
     Case("attention_gate", _gate_inputs, lambda *a, backend: ops.attention_gate(*a, backend=backend)),
     Case("attention_blend", _blend_inputs, lambda *a, backend: ops.attention_blend(*a, backend=backend)),
+    Case("dilated_dense_block", _dense_inputs, _dense_call),
 ]
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}

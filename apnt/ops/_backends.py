@@ -60,7 +60,8 @@ def _requested(backend: str) -> str:
     if backend == "auto":
         backend = os.environ.get("APNT_BACKEND", "auto") or "auto"
     if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"argument 'backend': expected one of auto, {', '.join(BACKENDS)}; got {backend!r}")
+        raise ValueError(f"argument 'backend' (or APNT_BACKEND): expected one of auto, {', '.join(BACKENDS)}; "
+                         f"got {backend!r}")
     return backend
 
 
