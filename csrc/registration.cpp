@@ -31,6 +31,12 @@ TORCH_LIBRARY(apnt, m) {
   m.def(
       "dense_block_bwd(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] biases, Tensor fuse_weight, "
       "Tensor buffer, int dilation, bool checkpoint) -> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
+  // match (DESIGN §3.3-3.4). patch_match has no gradient; patch_transfer differentiates `value`.
+  m.def(
+      "patch_match(Tensor query, Tensor key, int patch_size, Tensor? key_mask, int? radius, str precision)"
+      " -> (Tensor score, Tensor index)");
+  m.def("patch_transfer_fwd(Tensor value, Tensor index, int patch_size, int scale) -> Tensor");
+  m.def("patch_transfer_bwd(Tensor grad_out, Tensor index, int patch_size, int scale, int[] value_size) -> Tensor");
   // Run CUDA kernel bodies through the CPU grid emulator (tests). Returns the previous setting.
   m.def("_set_grid_emulation(bool on) -> bool", [](bool on) { return apnt::set_grid_emulation(on); });
   m.def("_built_with_cuda() -> bool", []() {

@@ -3,6 +3,7 @@ from apnt.ops._backends import BACKENDS, BackendUnavailableError
 from apnt.ops.attention import attention_blend, attention_gate, attention_gate_map
 from apnt.ops.conv import conv2d
 from apnt.ops.dense import dilated_dense_block
+from apnt.ops.match import patch_match, patch_transfer
 
 __all__ = ["BACKENDS", "BackendUnavailableError", "attention_blend", "attention_gate", "attention_gate_map",
-           "conv2d", "dilated_dense_block"]
+           "conv2d", "dilated_dense_block", "patch_match", "patch_transfer"]
