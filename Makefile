@@ -33,9 +33,10 @@ demo: $(BUILD_STAMP)
 	$(VENV)/bin/apnt info
 	$(VENV)/bin/apnt selftest
 
+# Every provider side by side, interleaved, in one process per run (apnt/benchcases.py); writes BENCHMARKS.md,
+# bench/results/latest.json and the plots. `pytest bench --benchmark-enable` runs the same cases one provider at a time.
 bench: $(BUILD_STAMP)
-	$(PY) -m pytest -q bench --benchmark-enable --benchmark-json=bench/results/latest.json
-	$(PY) bench/report.py bench/results/latest.json
+	$(PY) bench/report.py --rss eager,native
 
 fuzz: $(BUILD_STAMP)
 	APNT_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz

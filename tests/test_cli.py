@@ -26,7 +26,7 @@ def test_info_lists_every_backend_and_why():
 def test_selftest_passes_and_prints_a_row_per_op():
     r = _apnt("selftest")
     assert r.returncode == 0, r.stdout + r.stderr
-    for op in ("conv2d", "attention_gate", "attention_blend", "dilated_dense_block"):
+    for op in ("conv2d", "attention_gate", "attention_blend", "dilated_dense_block", "patch_match", "patch_transfer"):
         assert any(line.startswith(op) and "PASS" in line for line in r.stdout.splitlines()), r.stdout
 
 

@@ -16,7 +16,8 @@ def _cast(t, dtype):
     return t
 
 
-def register(qualname: str) -> None:
+def register(qualname: str, cast_outputs: bool = True) -> None:
+    """cast_outputs=False keeps float32 outputs (patch_match's score is float32 by contract)."""
     namespace, name = qualname.split("::")
     lib = _LIBS.setdefault(namespace, torch.library.Library(namespace, "IMPL"))
     op = getattr(getattr(torch.ops, namespace), name).default
@@ -24,11 +25,11 @@ def register(qualname: str) -> None:
     for device, key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
         keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
 
-        def impl(*args, _device=device, _keyset=keyset, **kwargs):
+        def impl(*args, _device=device, _keyset=keyset, **kwargs):  # noqa: ANN001
             dtype = torch.get_autocast_dtype(_device)
             with torch._C._ExcludeDispatchKeyGuard(_keyset):
                 out = op(*tree_map(lambda t: _cast(t, torch.float32), args),
                          **tree_map(lambda t: _cast(t, torch.float32), kwargs))
-            return tree_map(lambda t: _cast(t, dtype), out)
+            return tree_map(lambda t: _cast(t, dtype), out) if cast_outputs else out
 
         lib.impl(name, impl, key)

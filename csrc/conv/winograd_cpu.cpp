@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "common/cpu_clones.h"
+
 #pragma GCC diagnostic ignored "-Wpsabi"  // see winograd.h
 
 namespace apnt {
@@ -38,13 +40,6 @@ std::vector<Tile> enumerate_tiles(int64_t N, int64_t H, int64_t W, int64_t d) {
   return tiles;
 }
 
-// The tile transforms are compiled for several x86 levels and picked at load time (GCC/Clang ifunc),
-// so a portable build still runs them with AVX-512 or AVX2 where the CPU has it.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(APNT_SANITIZE)
-#define APNT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define APNT_CPU_CLONES
-#endif
 
 // V[p][t][k0 + c] = (B^T d B)[p] for the tile's 6x6 input window of one input plane.
 APNT_CPU_CLONES

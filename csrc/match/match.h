@@ -13,10 +13,13 @@ namespace match {
 constexpr double kTieTolerance = 1e-6;
 constexpr double kNormEps = 1e-12;
 
-// Running best candidate of one query under DESIGN §3.3's tie rule. Keys may arrive in any order.
+// Running best candidate of one query under DESIGN §3.3's tie rule. Keys may arrive in any order. The
+// choice is the lowest index seen within the tolerance of the running maximum, and it is replaced as soon as
+// the maximum leaves it behind: the returned key is always within the tolerance of the true maximum.
 template <typename acc_t>
 struct Best {
-  acc_t score = acc_t(0);
+  acc_t max = acc_t(0);          // running maximum of the valid scores
+  acc_t chosen_score = acc_t(0);
   int64_t index = -1;
   acc_t own_score = acc_t(0);
   bool own_seen = false;
@@ -28,22 +31,25 @@ struct Best {
       own_score = s;
     }
     const acc_t tol = acc_t(kTieTolerance);
-    if (index < 0 || s > score + tol) {
-      score = s;
+    if (index < 0) {
+      max = chosen_score = s;
       index = k;
-    } else if (s >= score - tol) {  // a tie: the lowest flat index wins
-      if (k < index) index = k;
-      if (s > score) score = s;
+      return;
+    }
+    if (s > max) max = s;
+    if (chosen_score < max - tol || (s >= max - tol && k < index)) {
+      chosen_score = s;
+      index = k;
     }
   }
-  // Own position when it ties with the best; -1 and score 0 when nothing was valid.
+  // Own position when it ties with the maximum; -1 and score 0 when nothing was valid.
   APNT_HD void finish(float* out_score, int64_t* out_index) const {
-    if (own_seen && own_score >= score - acc_t(kTieTolerance)) {
+    if (own_seen && own_score >= max - acc_t(kTieTolerance)) {
       *out_score = float(own_score);
       *out_index = -2;  // caller writes its own flat position
       return;
     }
-    *out_score = index < 0 ? 0.f : float(score);
+    *out_score = index < 0 ? 0.f : float(chosen_score);
     *out_index = index;
   }
 };
@@ -176,7 +182,8 @@ struct TransferScatterBody : ElementwiseBody<TransferScatterBody<scalar_t, acc_t
 };
 
 #define APNT_CHECK_INDEX(ok, g)                                                                              \
-  TORCH_CHECK_VALUE(ok, "apnt: argument 'index': values must be -1 or flat key positions in [0, ", (g).Hk * (g).Wk, \
+  TORCH_CHECK_VALUE(ok, "apnt: argument 'index': values must be negative (no match) or flat key positions in [0, ", \
+                    (g).Hk * (g).Wk, \
                     ") of the (", (g).Hk, ", ", (g).Wk, ") key map that value (", (g).Hk * (g).s, ", ", (g).Wk * (g).s, \
                     ") is the scale-", (g).s, " image of")
 

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/cpu_clones.h"
 #include "common/grid_cpu.h"
 #include "match/match_launch.h"
 
@@ -15,13 +16,18 @@ namespace match {
 namespace cpu {
 namespace {
 
-constexpr int64_t kTileH = 8, kTileW = 32;  // query and key tiles: 256 positions
+// Query and key tiles. Global search: 16 x 64 positions, so the Gram GEMMs are large (fast) and the halo
+// small (1.35x the positions for k = 3). Radius mode: 8 x 32, so little work falls outside the window.
+constexpr int64_t kMaxTileH = 16, kMaxTileW = 64;
+struct TileShape {
+  int64_t h, w;
+};
 
 // Features of the tile [y0, y0+TH) x [x0, x0+TW) plus a `half`-pixel halo, one row per pixel (zeros outside).
 template <typename scalar_t>
 void gather_tile(const scalar_t* f, int64_t n, int64_t H, int64_t W, int64_t C, int64_t y0, int64_t x0, int64_t half,
-                 scalar_t* out) {
-  const int64_t PH = kTileH + 2 * half, PW = kTileW + 2 * half;
+                 TileShape tile, scalar_t* out) {
+  const int64_t PH = tile.h + 2 * half, PW = tile.w + 2 * half;
   for (int64_t i = 0; i < PH; ++i)
     for (int64_t j = 0; j < PW; ++j) {
       const int64_t y = y0 - half + i, x = x0 - half + j;
@@ -34,77 +40,130 @@ void gather_tile(const scalar_t* f, int64_t n, int64_t H, int64_t W, int64_t C, 
     }
 }
 
+// One (query tile, key tile) pair after its Gram matrix G is known.
+template <typename scalar_t>
+struct PairScan {
+  const scalar_t* G;
+  const scalar_t* key_norm;  // (Hk, Wk) of this image
+  const bool* mask;          // (Hk, Wk) or null
+  int64_t half, Hk, Wk, ky0, kx0, radius;  // radius < 0: global
+  bool same_size;
+  TileShape tile;
+};
+
+// Patch dot products of query (a, b) with the key tile: sums of G along the k*k shifted diagonals.
+template <typename scalar_t>
+[[gnu::always_inline]] inline void diagonal_sums(const PairScan<scalar_t>& p, int64_t a, int64_t b, scalar_t* acc) {
+  const int64_t TH = p.tile.h, TW = p.tile.w, PW = TW + 2 * p.half, P = (TH + 2 * p.half) * PW;
+  for (int64_t i = 0; i < TH * TW; ++i) acc[i] = scalar_t(0);
+  for (int64_t dy = -p.half; dy <= p.half; ++dy)
+    for (int64_t dx = -p.half; dx <= p.half; ++dx) {
+      const scalar_t* row = p.G + ((a + p.half + dy) * PW + b + p.half + dx) * P;
+      for (int64_t c = 0; c < TH; ++c) {
+        const scalar_t* seg = row + (c + p.half + dy) * PW + p.half + dx;
+        scalar_t* dst = acc + c * TW;
+        for (int64_t d = 0; d < TW; ++d) dst[d] += seg[d];
+      }
+    }
+}
+
+// Scores of one query against the key tile, offered to its running best. Most tiles cannot beat the best
+// found so far: their maximum (one vectorised pass) is checked first and the tie-rule scan skipped.
+template <typename scalar_t>
+[[gnu::always_inline]] inline void scan_query_impl(const PairScan<scalar_t>& p, int64_t a, int64_t b, int64_t qy,
+                                                   int64_t qx, int64_t Wq, scalar_t qnorm, scalar_t* acc,
+                                                   Best<scalar_t>& best) {
+  diagonal_sums(p, a, b, acc);
+  const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+  const int64_t TW = p.tile.w;
+  const int64_t rows = std::min<int64_t>(p.tile.h, p.Hk - p.ky0), cols = std::min<int64_t>(TW, p.Wk - p.kx0);
+  scalar_t top = -inf;
+  for (int64_t c = 0; c < rows; ++c) {
+    const int64_t ky = p.ky0 + c;
+    const bool row_out = p.radius >= 0 && (ky < qy - p.radius || ky > qy + p.radius);
+    const scalar_t* kn = p.key_norm + ky * p.Wk + p.kx0;
+    const bool* m = p.mask ? p.mask + ky * p.Wk + p.kx0 : nullptr;
+    scalar_t* s = acc + c * TW;
+    for (int64_t d = 0; d < cols; ++d) {
+      const int64_t kx = p.kx0 + d;
+      const bool out = row_out || (p.radius >= 0 && (kx < qx - p.radius || kx > qx + p.radius)) || (m && !m[d]);
+      const scalar_t v = s[d] / (qnorm * kn[d]);
+      s[d] = out || v != v ? -inf : v;  // excluded and NaN scores are never chosen
+      top = s[d] > top ? s[d] : top;
+    }
+  }
+  const int64_t own = p.same_size ? qy * Wq + qx : -1;
+  const bool own_here = own >= 0 && qy >= p.ky0 && qy < p.ky0 + rows && qx >= p.kx0 && qx < p.kx0 + cols;
+  if (top == -inf || (!own_here && best.index >= 0 && top < best.max - scalar_t(kTieTolerance))) return;
+  for (int64_t c = 0; c < rows; ++c)
+    for (int64_t d = 0; d < cols; ++d) {
+      const scalar_t v = acc[c * TW + d];
+      if (v != -inf) best.offer(v, (p.ky0 + c) * p.Wk + p.kx0 + d, own);
+    }
+}
+
+APNT_CPU_CLONES
+void scan_query(const PairScan<float>& p, int64_t a, int64_t b, int64_t qy, int64_t qx, int64_t Wq, float qnorm,
+                float* acc, Best<float>& best) {
+  scan_query_impl(p, a, b, qy, qx, Wq, qnorm, acc, best);
+}
+
+APNT_CPU_CLONES
+void scan_query(const PairScan<double>& p, int64_t a, int64_t b, int64_t qy, int64_t qx, int64_t Wq, double qnorm,
+                double* acc, Best<double>& best) {
+  scan_query_impl(p, a, b, qy, qx, Wq, qnorm, acc, best);
+}
+
 template <typename scalar_t>
 void tiled_search_impl(const at::Tensor& q_cl, const at::Tensor& k_cl, const at::Tensor& qn_t, const at::Tensor& kn_t,
                        const at::Tensor& mask_t, int64_t patch_size, c10::optional<int64_t> radius, at::Tensor& score_t,
                        at::Tensor& index_t) {
   const int64_t N = q_cl.size(0), C = q_cl.size(1), Hq = q_cl.size(2), Wq = q_cl.size(3);
   const int64_t Hk = k_cl.size(2), Wk = k_cl.size(3);
-  const int64_t half = patch_size / 2, PH = kTileH + 2 * half, PW = kTileW + 2 * half, P = PH * PW;
+  const TileShape tile = radius ? TileShape{8, 32} : TileShape{kMaxTileH, kMaxTileW};
+  const int64_t TH = tile.h, TW = tile.w;
+  const int64_t half = patch_size / 2, PH = TH + 2 * half, PW = TW + 2 * half, P = PH * PW;
   const bool same_size = Hq == Hk && Wq == Wk;
   const scalar_t *qf = q_cl.data_ptr<scalar_t>(), *kf = k_cl.data_ptr<scalar_t>();
   const scalar_t *qn = qn_t.data_ptr<scalar_t>(), *kn = kn_t.data_ptr<scalar_t>();
   const bool* mask = mask_t.defined() ? mask_t.data_ptr<bool>() : nullptr;
   float* score = score_t.data_ptr<float>();
   int64_t* index = index_t.data_ptr<int64_t>();
-  const int64_t qty = (Hq + kTileH - 1) / kTileH, qtx = (Wq + kTileW - 1) / kTileW;
-  const int64_t kty = (Hk + kTileH - 1) / kTileH, ktx = (Wk + kTileW - 1) / kTileW;
+  const int64_t qty = (Hq + TH - 1) / TH, qtx = (Wq + TW - 1) / TW;
+  const int64_t kty = (Hk + TH - 1) / TH, ktx = (Wk + TW - 1) / TW;
 
   at::parallel_for(0, N * qty * qtx, 1, [&](int64_t begin, int64_t end) {
     const auto opts = q_cl.options().memory_format(at::MemoryFormat::Contiguous);
     at::Tensor A = at::empty({P, C}, opts), B = at::empty({P, C}, opts), G = at::empty({P, P}, opts);
-    std::vector<scalar_t> acc(kTileH * kTileW);
+    std::vector<scalar_t> acc(TH * TW);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / (qty * qtx), y0 = (t / qtx) % qty * kTileH, x0 = t % qtx * kTileW;
-      gather_tile(qf, n, Hq, Wq, C, y0, x0, half, A.data_ptr<scalar_t>());
-      std::vector<Best<scalar_t>> best(kTileH * kTileW);
+      const int64_t n = t / (qty * qtx), y0 = (t / qtx) % qty * TH, x0 = t % qtx * TW;
+      gather_tile(qf, n, Hq, Wq, C, y0, x0, half, tile, A.data_ptr<scalar_t>());
+      std::vector<Best<scalar_t>> best(TH * TW);
       // Key tiles: all of them, or those meeting the radius window of this query tile.
       int64_t ty0 = 0, ty1 = kty, tx0 = 0, tx1 = ktx;
       if (radius) {
-        ty0 = std::max<int64_t>(0, y0 - *radius) / kTileH;
-        ty1 = std::min<int64_t>(Hk - 1, y0 + kTileH - 1 + *radius) / kTileH + 1;
-        tx0 = std::max<int64_t>(0, x0 - *radius) / kTileW;
-        tx1 = std::min<int64_t>(Wk - 1, x0 + kTileW - 1 + *radius) / kTileW + 1;
+        ty0 = std::max<int64_t>(0, y0 - *radius) / TH;
+        ty1 = std::min<int64_t>(Hk - 1, y0 + TH - 1 + *radius) / TH + 1;
+        tx0 = std::max<int64_t>(0, x0 - *radius) / TW;
+        tx1 = std::min<int64_t>(Wk - 1, x0 + TW - 1 + *radius) / TW + 1;
       }
       for (int64_t ky0t = ty0; ky0t < ty1; ++ky0t)
         for (int64_t kx0t = tx0; kx0t < tx1; ++kx0t) {
-          const int64_t ky0 = ky0t * kTileH, kx0 = kx0t * kTileW;
-          gather_tile(kf, n, Hk, Wk, C, ky0, kx0, half, B.data_ptr<scalar_t>());
+          const int64_t ky0 = ky0t * TH, kx0 = kx0t * TW;
+          gather_tile(kf, n, Hk, Wk, C, ky0, kx0, half, tile, B.data_ptr<scalar_t>());
           at::mm_out(G, A, B.t());  // Gram of per-pixel features: 9x fewer multiplies than unfolded patches
-          const scalar_t* g = G.data_ptr<scalar_t>();
-          for (int64_t a = 0; a < kTileH && y0 + a < Hq; ++a)
-            for (int64_t b = 0; b < kTileW && x0 + b < Wq; ++b) {
-              // patch dot products = sums of the Gram along the k*k shifted diagonals
-              std::fill(acc.begin(), acc.end(), scalar_t(0));
-              for (int64_t dy = -half; dy <= half; ++dy)
-                for (int64_t dx = -half; dx <= half; ++dx) {
-                  const scalar_t* row = g + ((a + half + dy) * PW + b + half + dx) * P;
-                  for (int64_t c = 0; c < kTileH; ++c) {
-                    const scalar_t* seg = row + (c + half + dy) * PW + half + dx;
-                    scalar_t* dst = acc.data() + c * kTileW;
-                    for (int64_t d = 0; d < kTileW; ++d) dst[d] += seg[d];
-                  }
-                }
-              const int64_t qy = y0 + a, qx = x0 + b, q = qy * Wq + qx;
-              const scalar_t qnorm = qn[n * Hq * Wq + q];
-              const int64_t own = same_size ? q : -1;
-              Best<scalar_t>& bq = best[a * kTileW + b];
-              for (int64_t c = 0; c < kTileH && ky0 + c < Hk; ++c) {
-                const int64_t ky = ky0 + c;
-                if (radius && (ky < qy - *radius || ky > qy + *radius)) continue;
-                for (int64_t d = 0; d < kTileW && kx0 + d < Wk; ++d) {
-                  const int64_t kx = kx0 + d, k = ky * Wk + kx;
-                  if (radius && (kx < qx - *radius || kx > qx + *radius)) continue;
-                  if (mask && !mask[n * Hk * Wk + k]) continue;
-                  bq.offer(acc[c * kTileW + d] / (qnorm * kn[n * Hk * Wk + k]), k, own);
-                }
-              }
-            }
+          PairScan<scalar_t> scan{G.data_ptr<scalar_t>(), kn + n * Hk * Wk, mask ? mask + n * Hk * Wk : nullptr,
+                                  half, Hk, Wk, ky0, kx0, radius ? *radius : -1, same_size, tile};
+          for (int64_t a = 0; a < TH && y0 + a < Hq; ++a)
+            for (int64_t b = 0; b < TW && x0 + b < Wq; ++b)
+              scan_query(scan, a, b, y0 + a, x0 + b, Wq, qn[(n * Hq + y0 + a) * Wq + x0 + b], acc.data(),
+                         best[a * TW + b]);
         }
-      for (int64_t a = 0; a < kTileH && y0 + a < Hq; ++a)
-        for (int64_t b = 0; b < kTileW && x0 + b < Wq; ++b) {
+      for (int64_t a = 0; a < TH && y0 + a < Hq; ++a)
+        for (int64_t b = 0; b < TW && x0 + b < Wq; ++b) {
           const int64_t o = (n * Hq + y0 + a) * Wq + x0 + b;
-          best[a * kTileW + b].finish(score + o, index + o);
+          best[a * TW + b].finish(score + o, index + o);
           if (index[o] == -2) index[o] = (y0 + a) * Wq + x0 + b;
         }
     }
