@@ -17,9 +17,13 @@ element of a column whose index is valid, 0 where index is -1; 0 where nothing l
 with respect to `value`.
 
 The `reference` backend materialises the Nq x Nk score matrix and the unfolded columns: it is the
-definition and the tests' oracle, for small maps.
+definition and the tests' oracle, for small maps. `native` and `triton` (apnt.kernels.match: a flash-style
+search over tiles of keys, a per-pixel gather for the transfer) share the fake kernels, autograd and autocast
+below; their ops are apnt::<op> and apnt_triton::<op> with the same schemas.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +145,10 @@ def validate_transfer(value, index, patch_size, scale):
 
 # ---- public API ---------------------------------------------------------------------------------------------
 
+def _ns(name):
+    return torch.ops.apnt if name == "native" else torch.ops.apnt_triton
+
+
 def patch_match(query, key, *, patch_size=3, key_mask=None, radius=None, precision="ieee", backend="auto"):
     """Best key position for every query position by cosine similarity of k x k patch descriptors.
 
@@ -157,10 +165,7 @@ def patch_match(query, key, *, patch_size=3, key_mask=None, radius=None, precisi
     query, key = query.detach(), key.detach()  # the outputs carry no gradient
     if name == "reference":
         return patch_match_reference(query, key, patch_size=patch_size, key_mask=key_mask, radius=radius)
-    if name == "triton":
-        raise _backends.BackendUnavailableError(
-            "apnt.ops.patch_match: the triton backend is not implemented yet; use native or reference")
-    return torch.ops.apnt.patch_match(query, key, patch_size, key_mask, radius, precision)
+    return _ns(name).patch_match(query, key, patch_size, key_mask, radius, precision)
 
 
 def patch_transfer(value, index, *, patch_size=3, scale=1, backend="auto"):
@@ -175,13 +180,10 @@ def patch_transfer(value, index, *, patch_size=3, scale=1, backend="auto"):
     name = _backends.select("patch_transfer", backend, value.device, value.dtype)
     if name == "reference":
         return patch_transfer_reference(value, index, patch_size=patch_size, scale=scale)
-    if name == "triton":
-        raise _backends.BackendUnavailableError(
-            "apnt.ops.patch_transfer: the triton backend is not implemented yet; use native or reference")
-    return torch.ops.apnt.patch_transfer_fwd(value, index, patch_size, scale)
+    return _ns(name).patch_transfer_fwd(value, index, patch_size, scale)
 
 
-# ---- fake kernels and autograd ------------------------------------------------------------------------------
+# ---- fake kernels and autograd (shared by apnt:: and apnt_triton::) ------------------------------------------
 
 def _fake_match(query, key, patch_size, key_mask, radius, precision):
     n, _, hq, wq = query.shape
@@ -204,16 +206,47 @@ def _transfer_setup(ctx, inputs, output):
     ctx.args = (patch_size, scale, list(value.shape))
 
 
-def _transfer_backward(ctx, grad_out):
-    (index,) = ctx.saved_tensors
-    patch_size, scale, value_size = ctx.args
-    return torch.ops.apnt.patch_transfer_bwd(grad_out, index, patch_size, scale, value_size), None, None, None
+def _make_transfer_backward(bwd_op):
+    def backward(ctx, grad_out):
+        (index,) = ctx.saved_tensors
+        patch_size, scale, value_size = ctx.args
+        return bwd_op(grad_out, index, patch_size, scale, value_size), None, None, None
+    return backward
+
+
+# ---- Triton ops (kernels in apnt.kernels.match, imported when an op runs) ----------------------------------------
+
+@torch.library.custom_op("apnt_triton::patch_match", mutates_args=())
+def _triton_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int, key_mask: Optional[torch.Tensor],
+                        radius: Optional[int], precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from apnt.kernels import match as kernels
+    return kernels.patch_match(query, key, patch_size, key_mask, radius, precision)
+
+
+@torch.library.custom_op("apnt_triton::patch_transfer_fwd", mutates_args=())
+def _triton_transfer_fwd(value: torch.Tensor, index: torch.Tensor, patch_size: int, scale: int) -> torch.Tensor:
+    from apnt.kernels import match as kernels
+    return kernels.patch_transfer_forward(value, index, patch_size, scale)
+
+
+@torch.library.custom_op("apnt_triton::patch_transfer_bwd", mutates_args=())
+def _triton_transfer_bwd(grad_out: torch.Tensor, index: torch.Tensor, patch_size: int, scale: int,
+                         value_size: list[int]) -> torch.Tensor:
+    from apnt.kernels import match as kernels
+    return kernels.patch_transfer_backward(grad_out, index, patch_size, scale, value_size)
+
+
+def _register(ns):
+    torch.library.register_fake(f"{ns}::patch_match", _fake_match)
+    torch.library.register_fake(f"{ns}::patch_transfer_fwd", _fake_transfer_fwd)
+    torch.library.register_fake(f"{ns}::patch_transfer_bwd", _fake_transfer_bwd)
+    torch.library.register_autograd(f"{ns}::patch_transfer_fwd",
+                                    _make_transfer_backward(getattr(torch.ops, ns).patch_transfer_bwd),
+                                    setup_context=_transfer_setup)
+    _autocast.register(f"{ns}::patch_match", cast_outputs=False)  # score stays float32 (DESIGN §3.3)
+    _autocast.register(f"{ns}::patch_transfer_fwd")
 
 
 if _native.load_error() is None:
-    torch.library.register_fake("apnt::patch_match", _fake_match)
-    torch.library.register_fake("apnt::patch_transfer_fwd", _fake_transfer_fwd)
-    torch.library.register_fake("apnt::patch_transfer_bwd", _fake_transfer_bwd)
-    torch.library.register_autograd("apnt::patch_transfer_fwd", _transfer_backward, setup_context=_transfer_setup)
-    _autocast.register("apnt::patch_match")
-    _autocast.register("apnt::patch_transfer_fwd")
+    _register("apnt")
+_register("apnt_triton")
