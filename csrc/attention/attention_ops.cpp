@@ -8,7 +8,6 @@
 #include "common/checks.h"
 #include "common/operands.h"
 #include "conv/conv.h"
-#include "conv/winograd.h"
 
 namespace apnt {
 namespace attention {
@@ -58,12 +57,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_gate_fwd(const at::Tens
   APNT_CHECK_ARG(w1.size(1) == x.size(1) + ref.size(1), "w1", "expected (M, Cx+Cr, k, k), got ", w1.sizes());
   APNT_CHECK_ARG(w2.size(0) == x.size(1) && w2.size(1) == w1.size(0), "w2", "expected (Cx, M, k, k), got ",
                  w2.sizes());
-  // On the CPU, NCHW inputs are brought to channels_last once (both convolutions and the epilogue read them).
-  const at::Tensor xf = x.is_cpu() ? conv::cpu::unit_channel_stride(x) : x;
-  const at::Tensor rf = ref.is_cpu() ? conv::cpu::unit_channel_stride(ref) : ref;
-  const at::Tensor hidden = conv::forward({xf, rf}, w1, b1, 1, Activation::kLeakyRelu, slope);
+  const at::Tensor hidden = conv::forward({x, ref}, w1, b1, 1, Activation::kLeakyRelu, slope);
   at::Tensor out, attention;
-  if (x.is_cpu() && cpu::fused_gate(hidden, w2, b2, xf, out, attention)) return {out, attention, hidden};
+  if (x.is_cpu() && cpu::fused_gate(hidden, w2, b2, x, out, attention)) return {out, attention, hidden};
   attention = conv::forward({hidden}, w2, b2, 1, Activation::kSigmoid, 0.0);
   return {gate_forward(x, attention), attention, hidden};
 }
@@ -96,9 +92,7 @@ std::tuple<at::Tensor, at::Tensor> attention_blend_fwd(const at::Tensor& x, cons
   APNT_CHECK_ARG(w.size(0) == x.size(1) && w.size(1) == 2 * x.size(1), "w", "expected (C, 2C, k, k), got ",
                  w.sizes());
   at::Tensor out, attention;
-  if (x.is_cpu() &&
-      cpu::fused_blend(conv::cpu::unit_channel_stride(x), conv::cpu::unit_channel_stride(y), w, b, out, attention))
-    return {out, attention};
+  if (x.is_cpu() && cpu::fused_blend(x, y, w, b, out, attention)) return {out, attention};
   attention = conv::forward({x, y}, w, b, 1, Activation::kSigmoid, 0.0);
   return {blend_forward(x, y, attention), attention};
 }

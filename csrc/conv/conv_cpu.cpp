@@ -76,9 +76,7 @@ at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, c
   if (winograd_applicable(inputs, w)) {
     at::Tensor out = at::empty({x0.size(0), w.size(0), x0.size(2), x0.size(3)},
                                x0.options().memory_format(at::MemoryFormat::ChannelsLast));
-    std::vector<at::Tensor> fast;
-    for (const auto& x : inputs) fast.push_back(unit_channel_stride(x));
-    winograd_conv3x3(fast, winograd_filter(w), b, dilation, ActivationEpilogue(plane_of(out), act, float(slope)));
+    winograd_conv3x3(inputs, winograd_filter(w), b, dilation, ActivationEpilogue(plane_of(out), act, float(slope)));
     return out;
   }
   const at::Tensor x = inputs.size() == 1 ? x0 : at::cat(inputs, 1);
@@ -101,14 +99,14 @@ at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, c
 }
 
 at::Tensor grad_input_3x3(const at::Tensor& grad_z, const at::Tensor& w, int64_t dilation,
-                          const at::Tensor& accumulate_into, at::MemoryFormat format) {
+                          const at::Tensor& accumulate_into) {
   if (!winograd_applicable({grad_z}, w)) return at::Tensor();
   // d/dx of a stride-1 "same" convolution is the same convolution of grad_z with the flipped, transposed filter.
   const bool accumulate = accumulate_into.defined();
   at::Tensor gx = accumulate ? accumulate_into
                              : at::empty({grad_z.size(0), w.size(1), grad_z.size(2), grad_z.size(3)},
-                                         grad_z.options().memory_format(format));
-  winograd_conv3x3({unit_channel_stride(grad_z)}, winograd_filter(w, /*for_grad_input=*/true), c10::nullopt, dilation,
+                                         grad_z.options().memory_format(at::MemoryFormat::ChannelsLast));
+  winograd_conv3x3({grad_z}, winograd_filter(w, /*for_grad_input=*/true), c10::nullopt, dilation,
                    ActivationEpilogue(plane_of(gx), Activation::kNone, 0.f, accumulate));
   return gx;
 }

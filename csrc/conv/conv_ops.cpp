@@ -71,18 +71,14 @@ Grads backward(const at::Tensor& grad_z, const std::vector<at::Tensor>& inputs, 
   Grads g;
   const int64_t pad = dilation * (w.size(2) / 2);
   at::Tensor grad_x;
-  // NCHW inputs: the gradients stay NCHW (converting grad_z is cheaper than converting the wider input).
-  bool nchw = true;
-  for (const auto& x : inputs) nchw = nchw && x.stride(1) != 1 && x.is_contiguous();
-  const auto format = nchw ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
   if (need_inputs && grad_z.is_cpu()) {
-    grad_x = cpu::grad_input_3x3(grad_z, w, dilation, at::Tensor(), format);  // Winograd when it applies
+    grad_x = cpu::grad_input_3x3(grad_z, w, dilation);  // Winograd when it applies
     need_inputs = !grad_x.defined();
   }
   if (need_inputs || need_weight) {
     // The concatenation exists only here, for the weight gradient: nothing holds it after backward.
-    const at::Tensor x = nchw ? concat(inputs) : concat_channels_last(inputs);
-    const at::Tensor gz = grad_z.contiguous(format);
+    const at::Tensor x = concat_channels_last(inputs);
+    const at::Tensor gz = grad_z.contiguous(at::MemoryFormat::ChannelsLast);
     auto r = at::convolution_backward(gz, x, w, c10::nullopt, {1, 1}, {pad, pad}, {dilation, dilation}, false,
                                       {0, 0}, 1, {need_inputs, need_weight, false});
     if (need_inputs) grad_x = std::get<0>(r);

@@ -122,12 +122,6 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
 
 bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor& w);
 
-// The transforms read 16 channels at once: NCHW inputs are copied to channels_last first (one streaming
-// pass is cheaper than gathers strided by H*W); channels_last tensors and their channel slices pass as is.
-inline at::Tensor unit_channel_stride(const at::Tensor& t) {
-  return t.stride(1) == 1 || t.size(1) == 1 ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 }  // namespace cpu
 }  // namespace conv
 }  // namespace apnt
