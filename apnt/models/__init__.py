@@ -1,1 +1,125 @@
-"""Models: AHDRNet, APNT-Fusion and their building blocks."""
+"""Models: AHDRNet, APNT-Fusion and their building blocks; creating and loading them by name."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from apnt.models.ahdrnet import AHDRNet
+from apnt.models.blocks import DilatedDenseBlock
+
+__all__ = ["AHDRNet", "DilatedDenseBlock", "MODELS", "create", "load", "load_authors_checkpoint",
+           "save_weights", "demo_weights_path"]
+
+MODELS: dict[str, type[nn.Module]] = {"ahdrnet": AHDRNet}
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def create(name: str, backend: str = "auto", **config) -> nn.Module:
+    """A freshly initialised model by name (`ahdrnet`), with its configuration keywords."""
+    if name not in MODELS:
+        raise ValueError(f"argument 'name': unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    return MODELS[name](backend=backend, **config)
+
+
+def demo_weights_path(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}_demo.safetensors"
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, **metadata: str) -> None:
+    """The model's weights as safetensors, its name and config in the header (atomic write)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"model": model.name, "config": json.dumps(model.config, sort_keys=True), **metadata}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _read_safetensors(path: Path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    return state, meta
+
+
+def _resolve_checkpoint(path: Path) -> tuple[Path, dict]:
+    """A training run dir (its `latest`), a `step_<n>/` dir, or a .safetensors file → (tensors file, config)."""
+    if path.is_dir():
+        latest = path / "latest"
+        if latest.exists():
+            path = path / latest.read_text().strip()
+        state_json = path / "state.json"
+        info = json.loads(state_json.read_text()) if state_json.exists() else {}
+        return path / "model.safetensors", info
+    return path, {}
+
+
+def load(name: str, weights: str | os.PathLike | None = "demo", backend: str = "auto") -> nn.Module:
+    """A model by name with weights: "demo" (shipped), a path (safetensors file, `apnt train` checkpoint or
+    run directory, or for AHDRNet the authors' `.pt`), or None (random). Returned in eval mode."""
+    if weights is None:
+        return create(name, backend=backend).eval()
+    if isinstance(weights, str) and weights == "demo":
+        path = demo_weights_path(name)
+        if name in MODELS and not path.exists():
+            raise FileNotFoundError(f"no demo weights shipped for {name!r} (expected {path.name})")
+    else:
+        path = Path(weights)
+        if not path.exists():
+            raise FileNotFoundError(f"argument 'weights': {path} does not exist")
+    if path.suffix in (".pt", ".pth", ".tar"):
+        if name != "ahdrnet":
+            raise ValueError(f"argument 'weights': {path.name} is a PyTorch pickle; only AHDRNet loads the "
+                             "authors' checkpoints, other models take apnt safetensors")
+        model = load_authors_checkpoint(path)
+        model.backend = backend
+        return model
+    file, info = _resolve_checkpoint(path)
+    state, meta = _read_safetensors(file)
+    saved = meta.get("model") or info.get("model")
+    if saved and saved != name:
+        raise ValueError(f"argument 'weights': {path} holds a {saved!r} model, not {name!r}")
+    config = json.loads(meta["config"]) if "config" in meta else info.get("config", {})
+    model = create(name, backend=backend, **config)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+_AUTHORS_UNUSED = ("attConv1.", "attConv3.")
+
+
+def load_authors_checkpoint(path: str | os.PathLike, backend: str = "auto") -> AHDRNet:
+    """AHDRNet with weights from the authors' PyTorch checkpoint (their `AHDR` class state dict).
+
+    Read with `torch.load(weights_only=True)` — a pickle that would run code is refused. Strips the
+    `module.` prefix of DataParallel checkpoints and drops the unused attConv1/attConv3 layers (with a
+    warning). Returns the model in eval mode."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure becomes one clear message
+        raise ValueError(f"{path}: not a loadable weights-only PyTorch checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    dropped = sorted(k for k in state if k.startswith(_AUTHORS_UNUSED))
+    if dropped:
+        warnings.warn(f"{Path(path).name}: dropped {len(dropped)} unused parameters "
+                      f"({', '.join(dropped)}): the authors' forward never uses attConv1/attConv3", stacklevel=2)
+    state = {k: v for k, v in state.items() if not k.startswith(_AUTHORS_UNUSED)}
+    model = AHDRNet(backend=backend)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: not an AHDRNet state dict (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    return model.eval()

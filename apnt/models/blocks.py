@@ -16,7 +16,7 @@ def _init_conv(weight: torch.Tensor, bias: torch.Tensor) -> None:
     nn.init.uniform_(bias, -bound, bound)
 
 
-class _Conv(nn.Module):
+class Conv(nn.Module):
     """Holds `weight` and `bias` under the name the authors' checkpoints use (`...conv.weight`)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
@@ -29,7 +29,7 @@ class _Conv(nn.Module):
 class _DenseLayer(nn.Module):
     def __init__(self, in_channels: int, growth: int):
         super().__init__()
-        self.conv = _Conv(in_channels, growth, 3)
+        self.conv = Conv(in_channels, growth, 3)
 
 
 class DilatedDenseBlock(nn.Module):
@@ -42,7 +42,7 @@ class DilatedDenseBlock(nn.Module):
                  checkpoint: bool = False, backend: str = "auto"):
         super().__init__()
         self.dense_layers = nn.ModuleList(_DenseLayer(channels + i * growth, growth) for i in range(layers))
-        self.conv_1x1 = _Conv(channels + layers * growth, channels, 1)
+        self.conv_1x1 = Conv(channels + layers * growth, channels, 1)
         self.dilation = dilation
         self.checkpoint = checkpoint
         self.backend = backend
