@@ -1,0 +1,423 @@
+"""Inference: `apnt.fuse` runs any model on one or many brackets, whole or in feathered tiles (DESIGN §4, §6).
+
+Tiling. A tile is a *core* (the pixels it contributes) plus a *halo* of `max(overlap, receptive_radius)`
+context pixels on each side, clamped at the image borders. Neighbouring cores overlap by at least `overlap`
+pixels and are blended with linear-ramp weights normalised to sum to 1 at every pixel. With a halo at least
+the model's receptive radius every core pixel sees exactly the context it sees untiled (borders included,
+where both pad with zeros), so tiled and untiled agree to float rounding (~1e-6), not just the 1e-3 in
+μ-law that DESIGN §6 asks for.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+DEFAULT_OVERLAP = 32
+MIN_AUTO_TILE = 32  # `max_memory` never picks a core smaller than this (halo would dominate the work)
+
+# Peak memory model for `max_memory`: IMPORT_OVERHEAD + image buffers + BYTES_PER_TILE_PIXEL * batch * the
+# pixels of one tile with its halo. Measured for AHDRNet inference (fp32, 2 threads, torch 2.14.1 CPU) as the
+# peak RSS (ru_maxrss) of a fresh `python` subprocess per size, on the 2-core / 23 GB development machine
+# (throwaway script, not in the repo): square inputs of 128..1024 px, slope of peak RSS over pixel count
+# between 384/512 and 768/1024 px:
+#   native    3.36e3 .. 3.40e3 B/px   (1 thread: 3.34e3)
+#   reference 5.02e3 .. 5.15e3 B/px   (1 thread: 4.64e3); 5.6e3 below: a tiled 1500x1000 run peaked 6% above
+#             the estimate made with the slope.
+# RSS after `import torch, apnt` and building the model (warm-up run included): 0.53 .. 0.60 GB.
+# Checked on whole tiled runs of a 1500x1000 image (same machine; peak RSS vs budget): native 1G → 54 tiles,
+# 0.99G; 1.5G → 12 tiles, 1.42G; 3G → 6 tiles, 2.80G; reference 2G → 12 tiles, 1.96G.
+BYTES_PER_TILE_PIXEL = {"native": 3400, "reference": 5600}
+IMPORT_OVERHEAD = 600 * 2**20
+# Whole-image fp32 buffers held while tiling, per pixel and sample: the input (9 ch) and one converted copy
+# of it (numpy → tensor, alignment), the blend accumulator that becomes the output (3 ch) and the caller's
+# numpy copy of it (3 ch). Plus one weight plane shared by the batch (4 B/px).
+IMAGE_BYTES_PER_PIXEL = 4 * (9 + 9 + 3 + 3)
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory(value) -> int:
+    """A memory size in bytes: an int (bytes) or text like "512M", "2G", "1.5GB", "2GiB", "100000" (binary
+    units: 1G = 2**30). Raises ValueError naming `max_memory` for anything else or a non-positive size."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        size = int(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(value).upper())
+        if m is None or (m.group(3) and not m.group(2) and m.group(3) != "B"):
+            raise ValueError(f"argument 'max_memory': cannot parse {value!r}; expected bytes or a size like "
+                             "'512M' or '2G'")
+        size = int(float(m.group(1)) * _UNITS[m.group(2)])
+    if size <= 0:
+        raise ValueError(f"argument 'max_memory': must be positive, got {value!r}")
+    return size
+
+
+def _format_bytes(n: float) -> str:
+    return f"{n / 2**30:.2f}G" if n >= 2**30 else f"{n / 2**20:.0f}M"
+
+
+# ---- alignment ------------------------------------------------------------------------------------------------
+
+def align_bracket(ldr: np.ndarray) -> np.ndarray:
+    """Translate the short and long frames onto the medium (reference) one with OpenCV's median threshold
+    bitmap alignment (`cv2.createAlignMTB`, exposure-invariant). `ldr` (3, H, W, 3) in [0, 1]; returns a new
+    array of the same shape. Uncovered borders repeat the edge pixels: black would read as under-exposure."""
+    import cv2
+
+    ldr = np.asarray(ldr, dtype=np.float32)
+    if ldr.ndim != 4 or ldr.shape[0] != 3 or ldr.shape[-1] != 3:
+        raise ValueError(f"argument 'ldr': expected (3, H, W, 3) for alignment, got {ldr.shape}")
+    mtb = cv2.createAlignMTB()
+
+    def gray8(frame):
+        g = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+        return np.ascontiguousarray(np.rint(np.clip(g, 0, 1) * 255).astype(np.uint8))
+
+    ref = gray8(ldr[1])
+    out = ldr.copy()
+    h, w = ldr.shape[1:3]
+    for i in (0, 2):
+        dx, dy = mtb.calculateShift(ref, gray8(ldr[i]))  # how to move frame i onto the reference
+        if dx or dy:
+            shift = np.float32([[1, 0, dx], [0, 1, dy]])
+            out[i] = cv2.warpAffine(ldr[i], shift, (w, h), flags=cv2.INTER_NEAREST,
+                                    borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+# ---- inputs -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Batch:
+    ldr: torch.Tensor       # (N, 3, 3, H, W)
+    exposure: torch.Tensor  # (N, 3)
+    kind: str               # "batch" | "single" | "numpy": the form to return
+
+
+def _as_batch(ldr, exposure) -> _Batch:
+    """Every accepted input form as an (N, 3, 3, H, W) tensor and (N, 3) exposures; ValueErrors name them."""
+    if isinstance(ldr, torch.Tensor):
+        if ldr.dim() not in (4, 5) or tuple(ldr.shape[-4:-2]) != (3, 3):
+            raise ValueError(f"argument 'ldr': expected a tensor (N, 3 frames, 3 channels, H, W) or (3, 3, H, W), "
+                             f"got {tuple(ldr.shape)}")
+        if not ldr.is_floating_point():
+            raise TypeError(f"argument 'ldr': expected floating values in [0, 1], got {ldr.dtype}")
+        kind = "batch" if ldr.dim() == 5 else "single"
+        exp = torch.as_tensor(exposure, dtype=torch.float64 if ldr.dtype == torch.float64 else torch.float32)
+        exp = exp.to(ldr.device)
+        n = ldr.shape[0] if kind == "batch" else None
+        expected = (n, 3) if kind == "batch" else (3,)
+        if tuple(exp.shape) != expected:
+            raise ValueError(f"argument 'exposure': expected shape {expected} to match ldr {tuple(ldr.shape)}, "
+                             f"got {tuple(exp.shape)}")
+        if kind == "single":
+            ldr, exp = ldr.unsqueeze(0), exp.unsqueeze(0)
+    else:
+        arr = np.asarray(ldr)
+        if arr.ndim != 4 or arr.shape[0] != 3 or arr.shape[-1] != 3:
+            raise ValueError(f"argument 'ldr': expected a numpy array (3 frames, H, W, 3), got {arr.shape}")
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"argument 'ldr': expected numbers in [0, 1], got {arr.dtype}")
+        exp_np = np.asarray(exposure, dtype=np.float64).reshape(-1) if np.ndim(exposure) <= 1 else None
+        if exp_np is None or exp_np.shape != (3,):
+            raise ValueError(f"argument 'exposure': expected 3 exposure times for ldr {arr.shape}, got "
+                             f"{np.shape(exposure)}")
+        kind = "numpy"
+        ldr = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(0, 3, 1, 2).unsqueeze(0)
+        exp = torch.from_numpy(exp_np.astype(np.float32)).unsqueeze(0)
+    if not bool(torch.isfinite(exp).all()) or not bool((exp > 0).all()):
+        raise ValueError(f"argument 'exposure': exposure times must be positive and finite, got {exp.tolist()}")
+    if ldr.shape[-1] == 0 or ldr.shape[-2] == 0:
+        raise ValueError(f"argument 'ldr': empty image {tuple(ldr.shape[-2:])}")
+    return _Batch(ldr, exp, kind)
+
+
+def _restore_kind(out: torch.Tensor, kind: str):
+    """(N, C, H, W) back to the caller's form: (N, C, H, W), (C, H, W) or numpy (H, W, C) float32."""
+    if kind == "batch":
+        return out
+    if kind == "single":
+        return out[0]
+    return np.ascontiguousarray(out[0].permute(1, 2, 0).float().cpu().numpy())
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+
+def _resolve_model(model, weights, backend, crf, device, dtype):
+    """(module or None, baseline function or None, name)."""
+    from apnt import baselines, models
+
+    if crf not in ("gamma2.2", "calibrate"):
+        raise ValueError(f"argument 'crf': expected 'gamma2.2' or 'calibrate', got {crf!r}")
+    if isinstance(model, nn.Module):
+        return model, None, getattr(model, "name", type(model).__name__)
+    if isinstance(model, str) and model in baselines.BASELINES:
+        fn = baselines.BASELINES[model]
+        if model == "debevec":
+            return None, (lambda ldr, t: fn(ldr, t, crf=crf)), model
+        return None, fn, model
+    if not isinstance(model, str) or model not in models.MODELS:
+        names = ", ".join(list(models.MODELS) + list(baselines.BASELINES))
+        raise ValueError(f"argument 'model': unknown model {model!r}; expected one of {names} or an nn.Module")
+    module = models.load(model, weights=weights, backend=backend)
+    return module.to(device=device, dtype=dtype), None, model
+
+
+def _backend_name(module) -> str | None:
+    """The backend the module's ops will actually run (`auto` resolved), for reports and memory estimates."""
+    requested = getattr(module, "backend", None)
+    if requested is None:
+        return None
+    from apnt.ops import _backends
+
+    p = next(module.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    dtype = p.dtype if p is not None else torch.float32
+    try:
+        return _backends.select("conv2d", requested, device, dtype)
+    except Exception:  # noqa: BLE001 - the model call itself will report it properly
+        return requested
+
+
+# ---- tiling ---------------------------------------------------------------------------------------------------------
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the cores along one axis: evenly spaced, the first at 0 and the last ending at
+    `length`, consecutive cores overlapping by at least `overlap` pixels."""
+    if length <= tile:
+        return [0]
+    count = 1 + math.ceil((length - tile) / (tile - overlap))
+    step = (length - tile) / (count - 1)
+    return [round(i * step) for i in range(count)]
+
+
+def _ramp(size: int, ramp_lo: int, ramp_hi: int) -> torch.Tensor:
+    """1-D feather of a core: rises linearly over `ramp_lo` pixels and falls over `ramp_hi` (0 = no ramp,
+    at image borders). Strictly positive, so every pixel has weight after normalisation."""
+    x = torch.arange(size, dtype=torch.float64) + 0.5
+    w = torch.ones(size, dtype=torch.float64)
+    if ramp_lo:
+        w = torch.minimum(w, x / ramp_lo)
+    if ramp_hi:
+        w = torch.minimum(w, (size - x) / ramp_hi)
+    return w
+
+
+@dataclass
+class TilePlan:
+    """Where to cut: core side `tile` (None = whole image), `overlap` between cores and context `halo`."""
+    tile: int | None
+    overlap: int
+    halo: int
+    rows: list[int] = field(default_factory=list)
+    cols: list[int] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) * len(self.cols) if self.tile else 1
+
+
+def estimate_peak(height: int, width: int, batch: int, tile: int | None, halo: int, backend: str | None) -> int:
+    """Estimated peak resident memory (bytes) of AHDRNet-like inference, per the measured constants above.
+    Unknown backends (`triton`, user modules) are charged at `reference`'s rate, the larger one."""
+    per_px = BYTES_PER_TILE_PIXEL.get(backend, BYTES_PER_TILE_PIXEL["reference"])
+    th = height if tile is None else min(height, tile + 2 * halo)
+    tw = width if tile is None else min(width, tile + 2 * halo)
+    image = IMAGE_BYTES_PER_PIXEL * batch * height * width + 4 * height * width
+    return int(IMPORT_OVERHEAD + image + per_px * batch * th * tw)
+
+
+def plan_tiles(height: int, width: int, batch: int, *, tile=None, overlap=None, max_memory=None,
+               receptive_radius: int | None = None, backend: str | None = None) -> TilePlan:
+    """Validate the tiling arguments and choose the tile (from `max_memory` when given). Raises ValueError."""
+    if overlap is None:
+        overlap = DEFAULT_OVERLAP
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
+        raise ValueError(f"argument 'overlap': expected a non-negative integer number of pixels, got {overlap!r}")
+    overlap = int(overlap)
+    halo = max(overlap, int(receptive_radius or 0))
+    if tile is not None and max_memory is not None:
+        raise ValueError("arguments 'tile' and 'max_memory': give one of them, not both")
+    if tile is not None:
+        if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile <= 0:
+            raise ValueError(f"argument 'tile': expected a positive integer number of pixels, got {tile!r}")
+        if tile < 2 * overlap:
+            raise ValueError(f"argument 'tile': {tile} px is smaller than twice the overlap ({overlap} px)")
+        tile = int(tile)
+    elif max_memory is not None:
+        tile = _tile_for_memory(height, width, batch, overlap, halo, backend, parse_memory(max_memory), max_memory)
+    if tile is None or (tile >= height and tile >= width):
+        return TilePlan(None, overlap, halo)
+    return TilePlan(tile, overlap, halo, tile_starts(height, tile, overlap), tile_starts(width, tile, overlap))
+
+
+def _tile_for_memory(height, width, batch, overlap, halo, backend, budget, text) -> int | None:
+    """The largest core side whose estimated peak fits `budget` (None: the whole image fits)."""
+    if estimate_peak(height, width, batch, None, halo, backend) <= budget:
+        return None
+    smallest = max(2 * overlap, MIN_AUTO_TILE, 1)
+    for t in range(max(height, width), smallest - 1, -1):
+        if estimate_peak(height, width, batch, t, halo, backend) <= budget:
+            return t
+    need = estimate_peak(height, width, batch, smallest, halo, backend)
+    raise ValueError(f"argument 'max_memory': {text} is too small for a {width}x{height} image (batch {batch}): "
+                     f"the smallest tile ({smallest} px) needs about {_format_bytes(need)}, of which "
+                     f"{_format_bytes(IMPORT_OVERHEAD)} is the process itself (import torch, model)")
+
+
+def _release_freed_memory() -> None:
+    """Hand the previous tile's freed activations back to the OS (glibc only; elsewhere a no-op).
+
+    glibc raises its mmap threshold each time a large mmapped block is freed, so after the first tile the
+    activations come from the heap, whose freed pages stay resident: without this, 54 tiles of 208 px on a
+    1500x1000 image peaked at 1.16 GB against 0.90 GB with a fixed threshold (native backend)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
+def run_tiled(fn, ldr: torch.Tensor, exposure: torch.Tensor, plan: TilePlan, progress: bool = False
+              ) -> dict[str, torch.Tensor]:
+    """Apply `fn(ldr, exposure) -> {name: (N, C, h, w)}` tile by tile and blend each output over the image."""
+    if plan.tile is None:
+        return fn(ldr, exposure)
+    from tqdm import tqdm
+
+    n, _, _, height, width = ldr.shape
+    acc: dict[str, torch.Tensor] = {}
+    weight = torch.zeros(height, width, dtype=ldr.dtype, device=ldr.device)
+    boxes = [(y, x) for y in plan.rows for x in plan.cols]
+    ramp = max(plan.overlap, 1)
+    for y0, x0 in tqdm(boxes, desc="tiles", unit="tile", disable=not progress):
+        y1, x1 = min(y0 + plan.tile, height), min(x0 + plan.tile, width)
+        hy0, hx0 = max(0, y0 - plan.halo), max(0, x0 - plan.halo)
+        hy1, hx1 = min(height, y1 + plan.halo), min(width, x1 + plan.halo)
+        _release_freed_memory()
+        maps = fn(ldr[..., hy0:hy1, hx0:hx1].contiguous(), exposure)
+        # Ramps only on sides that face another core; none at image borders (nothing to blend with there).
+        wy = _ramp(y1 - y0, ramp if y0 > 0 else 0, ramp if y1 < height else 0)
+        wx = _ramp(x1 - x0, ramp if x0 > 0 else 0, ramp if x1 < width else 0)
+        w = (wy[:, None] * wx[None, :]).to(device=ldr.device, dtype=ldr.dtype)
+        weight[y0:y1, x0:x1] += w
+        for name, m in maps.items():
+            if name not in acc:
+                acc[name] = torch.zeros(n, m.shape[1], height, width, dtype=m.dtype, device=m.device)
+            acc[name][..., y0:y1, x0:x1] += m[..., y0 - hy0:y1 - hy0, x0 - hx0:x1 - hx0] * w.to(m.dtype)
+    # In place: the normalised sums are the result (no second full-size buffer).
+    return {name: a.div_(weight.to(a.dtype)) for name, a in acc.items()}
+
+
+# ---- the entry points ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FuseResult:
+    """What `_fuse` ran and produced: `hdr` and (explain) `maps` in the caller's input form."""
+    hdr: object
+    maps: dict | None
+    model: str
+    backend: str | None
+    plan: TilePlan | None
+
+
+def fuse(ldr, exposure, model="ahdrnet", *, weights="demo", backend="auto", tile=None, overlap=None,
+         max_memory=None, crf="gamma2.2", align=False, progress=False):
+    """Merge bracketed exposures into linear HDR.
+
+    Args:
+        ldr: tensor (N, 3, 3, H, W) or (3, 3, H, W) — frames short, medium (reference), long, RGB in [0, 1] —
+            or a numpy array (3, H, W, 3) (one scene, like `apnt.data.Scene.ldr`).
+        exposure: exposure times (N, 3) / (3,) in any unit.
+        model: a name in `apnt.models.MODELS` (loaded with `weights`: "demo", a path, or None for random),
+            "debevec" / "mertens" (classical baselines, per scene, `crf` applies to debevec), or an
+            `nn.Module` following the calling convention (DESIGN §4); its train/eval mode is restored after.
+        backend: op backend of a named model (and of a module with a `backend` attribute, restored after).
+        tile: core side in pixels for tiled inference; `overlap` (default 32) px between cores; the halo is
+            `max(overlap, model.receptive_radius)` (a module without `receptive_radius` gets `overlap` only, so
+            give it an overlap that covers its context). `max_memory` ("512M", "2G", bytes) instead picks the
+            largest tile whose estimated peak RSS fits (see BYTES_PER_TILE_PIXEL). Neither: untiled.
+        align: translate the short and long frames onto the medium one first (`align_bracket`, OpenCV MTB).
+        progress: a tqdm bar over tiles.
+
+    Returns linear HDR in units of t_short = 1 in the input's form: tensor (N, 3, H, W) / (3, H, W), or numpy
+    (H, W, 3) float32. Raises ValueError (naming the argument) for bad arguments."""
+    return _fuse(ldr, exposure, model, weights=weights, backend=backend, tile=tile, overlap=overlap,
+                 max_memory=max_memory, crf=crf, align=align, progress=progress).hdr
+
+
+def explain(ldr, exposure, model="ahdrnet", **kwargs) -> dict:
+    """Like `fuse` (same arguments) but returns the model's `explain` maps, tiled like the output:
+    `output` (3 channels) and every other map reduced to its channel mean (1 channel: `attention_short`,
+    `attention_long` for AHDRNet) — the per-pixel picture, at 1/64 of the memory. Same input forms as `fuse`.
+    Raises ValueError for a model without an `explain` method (the classical baselines)."""
+    return _fuse(ldr, exposure, model, explain=True, **kwargs).maps
+
+
+def _fuse(ldr, exposure, model="ahdrnet", *, weights="demo", backend="auto", tile=None, overlap=None,
+          max_memory=None, crf="gamma2.2", align=False, progress=False, explain=False) -> FuseResult:
+    batch = _as_batch(ldr, exposure)
+    module, baseline, name = _resolve_model(model, weights, backend, crf, batch.ldr.device, batch.ldr.dtype)
+    if baseline is not None:
+        if tile is not None or max_memory is not None:
+            raise ValueError(f"arguments 'tile' / 'max_memory': {name} merges whole images (no tiling)")
+        if explain:
+            raise ValueError(f"argument 'model': {name} has no intermediate maps to explain")
+        plan_tiles(1, 1, 1, overlap=overlap)  # validates overlap
+    if align:
+        frames = batch.ldr.permute(0, 1, 3, 4, 2).float().cpu().numpy()
+        aligned = np.stack([align_bracket(f) for f in frames])
+        batch.ldr = torch.from_numpy(aligned).permute(0, 1, 4, 2, 3).to(batch.ldr)
+    if baseline is not None:
+        return FuseResult(_restore_kind(_run_baseline(baseline, batch), batch.kind), None, name, None, None)
+
+    given = isinstance(model, nn.Module)
+    was_training = module.training
+    old_backend = getattr(module, "backend", None)
+    if given and backend != "auto" and old_backend is not None:
+        module.backend = backend
+    try:
+        module.eval()
+        resolved = _backend_name(module)
+        n, _, _, height, width = batch.ldr.shape
+        plan = plan_tiles(height, width, n, tile=tile, overlap=overlap, max_memory=max_memory,
+                          receptive_radius=getattr(module, "receptive_radius", None), backend=resolved)
+        if explain and not hasattr(module, "explain"):
+            raise ValueError(f"argument 'model': {name} has no `explain` method")
+        fn = _explain_fn(module) if explain else (lambda l, e: {"output": module(l, e)})
+        with torch.inference_mode():
+            maps = run_tiled(fn, batch.ldr, batch.exposure, plan, progress)
+    finally:
+        module.train(was_training)
+        if given and backend != "auto" and old_backend is not None:
+            module.backend = old_backend
+    out = {k: _restore_kind(v, batch.kind) for k, v in maps.items()}
+    return FuseResult(out["output"], out if explain else None, name, resolved, plan)
+
+
+def _explain_fn(module):
+    def fn(ldr, exposure):
+        maps = module.explain(ldr, exposure)
+        return {k: v if k == "output" else v.mean(dim=1, keepdim=True) for k, v in maps.items()}
+    return fn
+
+
+def _run_baseline(fn, batch: _Batch) -> torch.Tensor:
+    """A numpy baseline scene by scene: (N, 3, 3, H, W) → (N, 3, H, W) on the input's device and dtype."""
+    outs = []
+    for ldr, t in zip(batch.ldr, batch.exposure):
+        hdr = fn(ldr.permute(0, 2, 3, 1).float().cpu().numpy(), t.double().cpu().numpy())
+        outs.append(torch.from_numpy(np.ascontiguousarray(hdr)).permute(2, 0, 1))
+    return torch.stack(outs).to(batch.ldr)
