@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run the benchmark cases side by side and print the table")
     b.add_argument("--quick", action="store_true", help="fewer repetitions, smaller set")
     b.set_defaults(fn=_cmd_bench)
+    # Pipeline commands register themselves (each module owns its options).
+    from apnt import evaluate, infer_cli, train
+    from apnt.data import synth
+    for module in (synth, train, evaluate, infer_cli):
+        module.add_cli(sub)
     return p
 
 
@@ -63,9 +68,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, TypeError) as e:  # bad settings or arguments: one line, no traceback
+    except (ValueError, TypeError, FileNotFoundError) as e:  # bad settings, arguments or files: one line
+        if getattr(args, "debug", False):
+            raise
         print(f"apnt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"apnt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def train(cfg: TrainConfig) -> dict:
         scaler.step(optimizer)
         scaler.update()
         seconds = time.perf_counter() - t0
-        loss_value = dist.mean(float(loss))
+        loss_value = dist.mean(float(loss.detach()))
         row = {"step": step + 1, "epoch": epoch, "loss": f"{loss_value:.6f}", "lr": f"{_lr(cfg, step):.3g}",
                "seconds": f"{seconds:.3f}", "samples_per_s": f"{cfg.batch * dist.world / seconds:.2f}"}
         if dist.main:

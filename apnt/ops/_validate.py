@@ -26,7 +26,9 @@ def not_empty(t: torch.Tensor, name: str, shape_doc: str) -> None:
 def like(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
     if t.device != ref.device:
         raise ValueError(f"argument '{name}': expected device {ref.device} (that of '{ref_name}'), got {t.device}")
-    if t.dtype != ref.dtype:
+    # Under autocast, mixed floating dtypes are expected (bf16 activations, fp32 parameters): the
+    # Autocast kernels registered in _autocast.py cast them all before any backend sees them.
+    if t.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
         raise TypeError(f"argument '{name}': expected dtype {ref.dtype} (that of '{ref_name}'), got {t.dtype}")
 
 
