@@ -29,9 +29,11 @@ test: $(BUILD_STAMP)
 	$(PY) -m pytest -q tests
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
 
+# A held-out synthetic bracket through AHDRNet (shipped demo weights), Debevec and Mertens: metrics, timings and
+# pictures in demo_out/ (comparison.png first). `apnt selftest` checks every backend against reference.
 demo: $(BUILD_STAMP)
 	$(VENV)/bin/apnt info
-	$(VENV)/bin/apnt selftest
+	$(VENV)/bin/apnt demo --out demo_out
 
 # Every provider side by side, interleaved, in one process per run (apnt/benchcases.py); writes BENCHMARKS.md,
 # bench/results/latest.json and the plots. `pytest bench --benchmark-enable` runs the same cases one provider at a time.

@@ -29,3 +29,11 @@ def _map_source_tree_kernels() -> None:
 _map_source_tree_kernels()
 
 from apnt import ops  # noqa: E402,F401  (registers every op)
+
+
+def __getattr__(name: str):
+    # `apnt.fuse` / `apnt.explain` without importing the pipeline (OpenCV, tifffile, ...) for users of the ops only.
+    if name in ("fuse", "explain"):
+        from apnt import infer
+        return getattr(infer, name)
+    raise AttributeError(f"module 'apnt' has no attribute {name!r}")

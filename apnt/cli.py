@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer repetitions, smaller set")
     b.set_defaults(fn=_cmd_bench)
     # Pipeline commands register themselves (each module owns its options).
-    from apnt import evaluate, infer_cli, train
+    from apnt import demo, evaluate, infer_cli, train
     from apnt.data import synth
-    for module in (synth, train, evaluate, infer_cli):
+    for module in (demo, synth, train, evaluate, infer_cli):
         module.add_cli(sub)
     return p
 

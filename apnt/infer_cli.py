@@ -117,17 +117,12 @@ def _run(args) -> int:
 def _write_explain(folder: Path, maps: dict) -> None:
     """Each 1-channel map (channel mean of a gate, in [0, 1]) through viridis on a fixed 0..1 scale, so the
     colours of different scenes compare; the output tonemapped like the preview."""
-    import matplotlib
-
     from apnt.data import write_image
     from apnt.tonemap import preview
+    from apnt.viz import colorize
 
-    viridis = matplotlib.colormaps["viridis"]
     for name, m in maps.items():
-        if name == "output":
-            write_image(folder / "output.png", preview(m))
-        else:
-            write_image(folder / f"{name}.png", viridis(np.clip(m[..., 0], 0, 1))[..., :3])
+        write_image(folder / f"{name}.png", preview(m) if name == "output" else colorize(m))
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------------

@@ -52,11 +52,17 @@ def _read_safetensors(path: Path):
 
 
 def _resolve_checkpoint(path: Path) -> tuple[Path, dict]:
-    """A training run dir (its `latest`), a `step_<n>/` dir, or a .safetensors file → (tensors file, config)."""
+    """A training run dir (its newest complete checkpoint), a `step_<n>/` dir, or a .safetensors file →
+    (tensors file, state.json contents)."""
     if path.is_dir():
-        latest = path / "latest"
-        if latest.exists():
-            path = path / latest.read_text().strip()
+        from apnt import checkpoint
+
+        if not (path / "model.safetensors").exists():  # a run directory, not one checkpoint
+            newest = checkpoint.latest(path)
+            if newest is None:
+                raise FileNotFoundError(f"argument 'weights': {path} holds no complete checkpoint "
+                                        "(step_<n>/ with model.safetensors and state.json)")
+            path = newest
         state_json = path / "state.json"
         info = json.loads(state_json.read_text()) if state_json.exists() else {}
         return path / "model.safetensors", info
@@ -65,8 +71,8 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, dict]:
 
 def load(name: str, weights: str | os.PathLike | None = "demo", backend: str = "auto") -> nn.Module:
     """A model by name with weights: "demo" (shipped), a path (safetensors file, `apnt train` checkpoint or
-    run directory, or for AHDRNet the authors' `.pt`), or None (random). Returned in eval mode."""
-    if weights is None:
+    run directory, or for AHDRNet the authors' `.pt`), or None / "none" (random). Returned in eval mode."""
+    if weights is None or (isinstance(weights, str) and weights == "none"):
         return create(name, backend=backend).eval()
     if isinstance(weights, str) and weights == "demo":
         path = demo_weights_path(name)
