@@ -177,8 +177,11 @@ def _read_raw(path: Path) -> np.ndarray:
     import rawpy
 
     with rawpy.imread(str(path)) as raw:
-        # gamma (1, 1) and no auto-brightening keep the demosaiced values proportional to sensor exposure
-        a = raw.postprocess(gamma=(1, 1), no_auto_bright=True, output_bps=16, use_camera_wb=True)
+        # gamma (1, 1) and no auto-brightening keep the demosaiced values proportional to sensor exposure;
+        # adjust_maximum_thr=0 keeps the white level from the file: LibRaw's default (0.75) replaces it with the
+        # frame's own maximum when that exceeds 75 % of it, scaling brighter frames of a bracket up by up to 33 %
+        a = raw.postprocess(gamma=(1, 1), no_auto_bright=True, output_bps=16, use_camera_wb=True,
+                            adjust_maximum_thr=0.0)
     return _scale_codes(_to_rgb(a, path), path)
 
 
