@@ -6,6 +6,12 @@ pixels and are blended with linear-ramp weights normalised to sum to 1 at every 
 the model's receptive radius every core pixel sees exactly the context it sees untiled (borders included,
 where both pad with zeros), so tiled and untiled agree to float rounding (~1e-6), not just the 1e-3 in
 μ-law that DESIGN §6 asks for.
+
+Models with non-local parts or a pyramid (APNT-Fusion, DESIGN §4.2) say so through optional attributes:
+`tile_multiple` (tile origins are aligned to it, so pooling grids coincide with the whole image's),
+`tile_radius(height, width)` (the halo for an image of that size, replacing `receptive_radius`) and
+`shared_context(ldr, exposure)` — computed once on the whole image, its `.crop(y0, y1, x0, x1)` passed to each
+tile as `model(ldr, exposure, context=...)` (and to `explain`): APNT-Fusion's global texture search.
 """
 from __future__ import annotations
 
@@ -216,6 +222,7 @@ class TilePlan:
     halo: int
     rows: list[int] = field(default_factory=list)
     cols: list[int] = field(default_factory=list)
+    multiple: int = 1  # tile origins (core minus halo) are rounded down to a multiple of this
 
     @property
     def count(self) -> int:
@@ -233,7 +240,7 @@ def estimate_peak(height: int, width: int, batch: int, tile: int | None, halo: i
 
 
 def plan_tiles(height: int, width: int, batch: int, *, tile=None, overlap=None, max_memory=None,
-               receptive_radius: int | None = None, backend: str | None = None) -> TilePlan:
+               receptive_radius: int | None = None, backend: str | None = None, multiple: int = 1) -> TilePlan:
     """Validate the tiling arguments and choose the tile (from `max_memory` when given). Raises ValueError."""
     if overlap is None:
         overlap = DEFAULT_OVERLAP
@@ -252,8 +259,9 @@ def plan_tiles(height: int, width: int, batch: int, *, tile=None, overlap=None, 
     elif max_memory is not None:
         tile = _tile_for_memory(height, width, batch, overlap, halo, backend, parse_memory(max_memory), max_memory)
     if tile is None or (tile >= height and tile >= width):
-        return TilePlan(None, overlap, halo)
-    return TilePlan(tile, overlap, halo, tile_starts(height, tile, overlap), tile_starts(width, tile, overlap))
+        return TilePlan(None, overlap, halo, multiple=multiple)
+    return TilePlan(tile, overlap, halo, tile_starts(height, tile, overlap), tile_starts(width, tile, overlap),
+                    multiple)
 
 
 def _tile_for_memory(height, width, batch, overlap, halo, backend, budget, text) -> int | None:
@@ -290,9 +298,10 @@ def _release_freed_memory() -> None:
 _MALLOC_TRIM = None
 
 
-def run_tiled(fn, ldr: torch.Tensor, exposure: torch.Tensor, plan: TilePlan, progress: bool = False
-              ) -> dict[str, torch.Tensor]:
-    """Apply `fn(ldr, exposure) -> {name: (N, C, h, w)}` tile by tile and blend each output over the image."""
+def run_tiled(fn, ldr: torch.Tensor, exposure: torch.Tensor, plan: TilePlan, progress: bool = False,
+              context=None) -> dict[str, torch.Tensor]:
+    """Apply `fn(ldr, exposure) -> {name: (N, C, h, w)}` tile by tile and blend each output over the image.
+    With a `context` (a model's `shared_context`), `fn(ldr, exposure, context.crop(y0, y1, x0, x1))` instead."""
     if plan.tile is None:
         return fn(ldr, exposure)
     from tqdm import tqdm
@@ -304,10 +313,12 @@ def run_tiled(fn, ldr: torch.Tensor, exposure: torch.Tensor, plan: TilePlan, pro
     ramp = max(plan.overlap, 1)
     for y0, x0 in tqdm(boxes, desc="tiles", unit="tile", disable=not progress):
         y1, x1 = min(y0 + plan.tile, height), min(x0 + plan.tile, width)
-        hy0, hx0 = max(0, y0 - plan.halo), max(0, x0 - plan.halo)
+        hy0, hx0 = (max(0, y0 - plan.halo) // plan.multiple * plan.multiple,
+                    max(0, x0 - plan.halo) // plan.multiple * plan.multiple)
         hy1, hx1 = min(height, y1 + plan.halo), min(width, x1 + plan.halo)
         _release_freed_memory()
-        maps = fn(ldr[..., hy0:hy1, hx0:hx1].contiguous(), exposure)
+        part = ldr[..., hy0:hy1, hx0:hx1].contiguous()
+        maps = fn(part, exposure) if context is None else fn(part, exposure, context.crop(hy0, hy1, hx0, hx1))
         # Ramps only on sides that face another core; none at image borders (nothing to blend with there).
         wy = _ramp(y1 - y0, ramp if y0 > 0 else 0, ramp if y1 < height else 0)
         wx = _ramp(x1 - x0, ramp if x0 > 0 else 0, ramp if x1 < width else 0)
@@ -334,7 +345,7 @@ class FuseResult:
 
 
 def fuse(ldr, exposure, model="ahdrnet", *, weights="demo", backend="auto", tile=None, overlap=None,
-         max_memory=None, crf="gamma2.2", align=False, progress=False):
+         max_memory=None, crf="gamma2.2", align=False, progress=False, nft_radius=None):
     """Merge bracketed exposures into linear HDR.
 
     Args:
@@ -351,23 +362,28 @@ def fuse(ldr, exposure, model="ahdrnet", *, weights="demo", backend="auto", tile
             largest tile whose estimated peak RSS fits (see BYTES_PER_TILE_PIXEL). Neither: untiled.
         align: translate the short and long frames onto the medium one first (`align_bracket`, OpenCV MTB).
         progress: a tqdm bar over tiles.
+        nft_radius: APNT-Fusion's texture search radius in pixels for this call (None: the model's own setting,
+            by default global up to 1500x1000 px; see `APNTFusion.search_radius`).
 
     Returns linear HDR in units of t_short = 1 in the input's form: tensor (N, 3, H, W) / (3, H, W), or numpy
     (H, W, 3) float32. Raises ValueError (naming the argument) for bad arguments."""
     return _fuse(ldr, exposure, model, weights=weights, backend=backend, tile=tile, overlap=overlap,
-                 max_memory=max_memory, crf=crf, align=align, progress=progress).hdr
+                 max_memory=max_memory, crf=crf, align=align, progress=progress, nft_radius=nft_radius).hdr
 
 
 def explain(ldr, exposure, model="ahdrnet", **kwargs) -> dict:
     """Like `fuse` (same arguments) but returns the model's `explain` maps, tiled like the output:
-    `output` (3 channels) and every other map reduced to its channel mean (1 channel: `attention_short`,
-    `attention_long` for AHDRNet) — the per-pixel picture, at 1/64 of the memory. Same input forms as `fuse`.
+    `output` (3 channels), maps of 1 or 2 channels as they are (masks; APNT-Fusion's `displacement`, a (dy, dx)
+    field that must not be averaged) and every other map reduced to its channel mean (1 channel: e.g.
+    `attention_short`, `attention_long` for AHDRNet) — the per-pixel picture, at 1/64 of the memory.
+    Same input forms as `fuse`.
     Raises ValueError for a model without an `explain` method (the classical baselines)."""
     return _fuse(ldr, exposure, model, explain=True, **kwargs).maps
 
 
 def _fuse(ldr, exposure, model="ahdrnet", *, weights="demo", backend="auto", tile=None, overlap=None,
-          max_memory=None, crf="gamma2.2", align=False, progress=False, explain=False) -> FuseResult:
+          max_memory=None, crf="gamma2.2", align=False, progress=False, explain=False,
+          nft_radius=None) -> FuseResult:
     batch = _as_batch(ldr, exposure)
     module, baseline, name = _resolve_model(model, weights, backend, crf, batch.ldr.device, batch.ldr.dtype)
     if baseline is not None:
@@ -375,6 +391,8 @@ def _fuse(ldr, exposure, model="ahdrnet", *, weights="demo", backend="auto", til
             raise ValueError(f"arguments 'tile' / 'max_memory': {name} merges whole images (no tiling)")
         if explain:
             raise ValueError(f"argument 'model': {name} has no intermediate maps to explain")
+        if nft_radius is not None:
+            raise ValueError(f"argument 'nft_radius': {name} has no texture search")
         plan_tiles(1, 1, 1, overlap=overlap)  # validates overlap
     if align:
         frames = batch.ldr.permute(0, 1, 3, 4, 2).float().cpu().numpy()
@@ -386,31 +404,50 @@ def _fuse(ldr, exposure, model="ahdrnet", *, weights="demo", backend="auto", til
     given = isinstance(model, nn.Module)
     was_training = module.training
     old_backend = getattr(module, "backend", None)
+    if nft_radius is not None and not hasattr(module, "nft_radius"):
+        raise ValueError(f"argument 'nft_radius': {name} has no texture search")
+    old_radius = getattr(module, "nft_radius", None)
     if given and backend != "auto" and old_backend is not None:
         module.backend = backend
     try:
+        if nft_radius is not None:
+            module.nft_radius = nft_radius  # validates it
         module.eval()
         resolved = _backend_name(module)
         n, _, _, height, width = batch.ldr.shape
+        radius = (module.tile_radius(height, width) if hasattr(module, "tile_radius")
+                  else getattr(module, "receptive_radius", None))
         plan = plan_tiles(height, width, n, tile=tile, overlap=overlap, max_memory=max_memory,
-                          receptive_radius=getattr(module, "receptive_radius", None), backend=resolved)
+                          receptive_radius=radius, backend=resolved, multiple=getattr(module, "tile_multiple", 1))
         if explain and not hasattr(module, "explain"):
             raise ValueError(f"argument 'model': {name} has no `explain` method")
-        fn = _explain_fn(module) if explain else (lambda l, e: {"output": module(l, e)})
+        fn = _explain_fn(module) if explain else _forward_fn(module)
         with torch.inference_mode():
-            maps = run_tiled(fn, batch.ldr, batch.exposure, plan, progress)
+            context = None
+            if plan.tile is not None and hasattr(module, "shared_context"):
+                context = module.shared_context(batch.ldr, batch.exposure)
+            maps = run_tiled(fn, batch.ldr, batch.exposure, plan, progress, context)
     finally:
         module.train(was_training)
         if given and backend != "auto" and old_backend is not None:
             module.backend = old_backend
+        if nft_radius is not None:
+            module.nft_radius = old_radius
     out = {k: _restore_kind(v, batch.kind) for k, v in maps.items()}
     return FuseResult(out["output"], out if explain else None, name, resolved, plan)
 
 
+def _forward_fn(module):
+    def fn(ldr, exposure, context=None):
+        return {"output": module(ldr, exposure) if context is None else module(ldr, exposure, context=context)}
+    return fn
+
+
 def _explain_fn(module):
-    def fn(ldr, exposure):
-        maps = module.explain(ldr, exposure)
-        return {k: v if k == "output" else v.mean(dim=1, keepdim=True) for k, v in maps.items()}
+    def fn(ldr, exposure, context=None):
+        maps = module.explain(ldr, exposure) if context is None else module.explain(ldr, exposure, context=context)
+        # Gates become their channel mean; masks and 2-channel fields (a displacement's dy, dx) stay as they are.
+        return {k: v if k == "output" or v.shape[1] <= 2 else v.mean(dim=1, keepdim=True) for k, v in maps.items()}
     return fn
 
 

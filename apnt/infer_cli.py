@@ -51,6 +51,9 @@ def add_cli(subparsers):
     p.add_argument("--tile", type=int, metavar="PIXELS", help="tiled inference with this core size")
     p.add_argument("--overlap", type=int, metavar="PIXELS", help="overlap between tiles (default 32)")
     p.add_argument("--max-memory", metavar="SIZE", help="pick the tile size to fit this memory, e.g. 2G")
+    p.add_argument("--nft-radius", type=int, metavar="PIXELS",
+                   help="apnt: search the short frame's texture within this many pixels (default: the whole "
+                        "frame up to 1500x1000 px, beyond that 5%% of the longer side, at least 64 px)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(fn=_cmd_fuse)
     return p
@@ -94,7 +97,8 @@ def _run(args) -> int:
     start = time.perf_counter()
     result = _fuse(ldr, exposure, args.model, weights=args.weights, backend=args.backend, tile=args.tile,
                    overlap=args.overlap, max_memory=args.max_memory, crf=args.crf, align=args.align,
-                   progress=sys.stderr.isatty(), explain=args.explain is not None and not is_baseline)
+                   progress=sys.stderr.isatty(), explain=args.explain is not None and not is_baseline,
+                   nft_radius=args.nft_radius)
     seconds = time.perf_counter() - start
     hdr = result.hdr
     write_image(args.out, hdr)
@@ -115,14 +119,22 @@ def _run(args) -> int:
 
 
 def _write_explain(folder: Path, maps: dict) -> None:
-    """Each 1-channel map (channel mean of a gate, in [0, 1]) through viridis on a fixed 0..1 scale, so the
-    colours of different scenes compare; the output tonemapped like the preview."""
+    """Each 1-channel map (a mask, or the channel mean of a gate, in [0, 1]) through viridis on a fixed 0..1
+    scale, so the colours of different scenes compare; 2-channel displacement fields (dy, dx) coloured like
+    optical flow (hue = direction, saturation = length, white = none; scaled to the longest vector); the output
+    tonemapped like the preview."""
     from apnt.data import write_image
     from apnt.tonemap import preview
-    from apnt.viz import colorize
+    from apnt.viz import colorize, flow_to_color
 
     for name, m in maps.items():
-        write_image(folder / f"{name}.png", preview(m) if name == "output" else colorize(m))
+        if name == "output":
+            picture = preview(m)
+        elif m.shape[-1] == 2:
+            picture = flow_to_color(m)
+        else:
+            picture = colorize(m)
+        write_image(folder / f"{name}.png", picture)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Pictures for people: colour-mapped attention maps and labelled side-by-side mosaics (float RGB in [0, 1])."""
+"""Pictures for people: colour-mapped attention maps, displacement fields coloured like optical flow and labelled
+side-by-side mosaics (float RGB in [0, 1])."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,6 +18,40 @@ def colorize(m: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
         m = m[..., 0]
     x = np.clip((m - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     return matplotlib.colormaps["viridis"](x)[..., :3].astype(np.float32)
+
+
+def _color_wheel() -> np.ndarray:
+    """The Middlebury optical-flow colour wheel (Baker et al. 2011): 55 hues, red → yellow → green → cyan →
+    blue → magenta → red, (55, 3) in [0, 1]."""
+    segments = ((15, (1, 0, 0), (1, 1, 0)), (6, (1, 1, 0), (0, 1, 0)), (4, (0, 1, 0), (0, 1, 1)),
+                (11, (0, 1, 1), (0, 0, 1)), (13, (0, 0, 1), (1, 0, 1)), (6, (1, 0, 1), (1, 0, 0)))
+    rows = []
+    for n, a, b in segments:
+        f = np.arange(n)[:, None] / n
+        rows.append((1 - f) * np.array(a) + f * np.array(b))
+    return np.concatenate(rows)
+
+
+def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """A displacement field (H, W, 2) as (dy, dx) in pixels, coloured like optical flow (Middlebury convention):
+    hue is the direction, saturation the length relative to `max_magnitude` (default: the field's longest
+    vector); zero displacement is white, vectors longer than `max_magnitude` are darkened. (H, W, 3) float32."""
+    flow = np.asarray(flow, dtype=np.float64)
+    if flow.ndim != 3 or flow.shape[-1] != 2:
+        raise ValueError(f"argument 'flow': expected (H, W, 2) as (dy, dx), got {flow.shape}")
+    dy, dx = flow[..., 0], flow[..., 1]
+    magnitude = np.hypot(dx, dy)
+    scale = float(magnitude.max()) if max_magnitude is None else float(max_magnitude)
+    radius = magnitude / scale if scale > 0 else np.zeros_like(magnitude)
+    wheel = _color_wheel()
+    position = (np.arctan2(-dy, -dx) / np.pi + 1) / 2 * (len(wheel) - 1)
+    k0 = np.floor(position).astype(int)
+    k1 = (k0 + 1) % len(wheel)
+    f = (position - k0)[..., None]
+    color = (1 - f) * wheel[k0] + f * wheel[k1]
+    r = radius[..., None]
+    color = np.where(r <= 1, 1 - r * (1 - color), color * 0.75)
+    return color.astype(np.float32)
 
 
 def mosaic(tiles: list[tuple[str, np.ndarray]], columns: int) -> np.ndarray:

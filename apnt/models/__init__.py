@@ -10,17 +10,18 @@ import torch
 from torch import nn
 
 from apnt.models.ahdrnet import AHDRNet
+from apnt.models.apnt_fusion import APNTFusion
 from apnt.models.blocks import DilatedDenseBlock
 
-__all__ = ["AHDRNet", "DilatedDenseBlock", "MODELS", "create", "load", "load_authors_checkpoint",
+__all__ = ["AHDRNet", "APNTFusion", "DilatedDenseBlock", "MODELS", "create", "load", "load_authors_checkpoint",
            "save_weights", "demo_weights_path"]
 
-MODELS: dict[str, type[nn.Module]] = {"ahdrnet": AHDRNet}
+MODELS: dict[str, type[nn.Module]] = {"ahdrnet": AHDRNet, "apnt": APNTFusion}
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def create(name: str, backend: str = "auto", **config) -> nn.Module:
-    """A freshly initialised model by name (`ahdrnet`), with its configuration keywords."""
+    """A freshly initialised model by name (`ahdrnet`, `apnt`), with its configuration keywords."""
     if name not in MODELS:
         raise ValueError(f"argument 'name': unknown model {name!r}; expected one of {', '.join(MODELS)}")
     return MODELS[name](backend=backend, **config)
@@ -31,11 +32,14 @@ def demo_weights_path(name: str) -> Path:
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, **metadata: str) -> None:
-    """The model's weights as safetensors, its name and config in the header (atomic write)."""
+    """The model's weights as safetensors, its name and config in the header (atomic write); for models with a
+    frozen VGG (APNT-Fusion) its source and sha256 too, which `load` checks."""
     from safetensors.torch import save_file
 
     path = Path(path)
     meta = {"model": model.name, "config": json.dumps(model.config, sort_keys=True), **metadata}
+    if getattr(model, "vgg_info", None) is not None:
+        meta["vgg"] = json.dumps(model.vgg_info, sort_keys=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
@@ -96,8 +100,21 @@ def load(name: str, weights: str | os.PathLike | None = "demo", backend: str = "
         raise ValueError(f"argument 'weights': {path} holds a {saved!r} model, not {name!r}")
     config = json.loads(meta["config"]) if "config" in meta else info.get("config", {})
     model = create(name, backend=backend, **config)
+    recorded = json.loads(meta["vgg"]) if "vgg" in meta else info.get("vgg")
+    _check_vgg(model, recorded, path)
     model.load_state_dict(state)
     return model.eval()
+
+
+def _check_vgg(model: nn.Module, recorded: dict | None, path) -> None:
+    """Refuse weights trained on other VGG features than the ones this model was rebuilt with (DESIGN §4.2)."""
+    vgg = getattr(model, "vgg", None)
+    if not recorded or vgg is None:
+        return
+    try:
+        vgg.check_source(recorded.get("sha256"), recorded.get("source"))
+    except ValueError as e:
+        raise ValueError(f"argument 'weights': {path}: {e}") from None
 
 
 _AUTHORS_UNUSED = ("attConv1.", "attConv3.")
