@@ -157,6 +157,8 @@ def train(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_path, start)
     info = {"model": cfg.model, "config": model.config, "train": asdict(cfg), "world_size": dist.world}
+    if getattr(model, "vgg_info", None):  # APNT-Fusion: which frozen VGG the weights were trained against
+        info["vgg"] = model.vgg_info
     bar = None
     if dist.main and cfg.progress:
         from tqdm import tqdm
