@@ -54,6 +54,19 @@ def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.nd
     return color.astype(np.float32)
 
 
+def picture(name: str, m: np.ndarray) -> np.ndarray:
+    """How an `explain` map is shown: `output` tonemapped like the previews; 2-channel displacement fields
+    (dy, dx) coloured like optical flow; 1-channel maps (masks, channel means of gates, in [0, 1]) through
+    viridis on a fixed 0..1 scale, so the colours of different scenes compare."""
+    from apnt.tonemap import preview
+
+    if name == "output":
+        return preview(m)
+    if m.shape[-1] == 2:
+        return flow_to_color(m)
+    return colorize(m)
+
+
 def mosaic(tiles: list[tuple[str, np.ndarray]], columns: int) -> np.ndarray:
     """Tiles (label, (H, W, 3) image in [0, 1]) of one size in a grid, each with its label above it on a dark
     bar. Returns (rows*(LABEL_HEIGHT+H)+gaps, columns*W+gaps, 3) float32."""
@@ -68,12 +81,18 @@ def mosaic(tiles: list[tuple[str, np.ndarray]], columns: int) -> np.ndarray:
     cell_h = LABEL_HEIGHT + h
     canvas = Image.new("RGB", (columns * w + (columns - 1) * GAP, rows * cell_h + (rows - 1) * GAP), (24, 24, 24))
     draw = ImageDraw.Draw(canvas)
-    font = _font(14)
+    # The largest font (14 px down to 8) at which every label fits its tile; longer labels are cut with "…".
+    size = 14
+    while size > 8 and max(_font(size).getlength(label) for label, _ in tiles) > w - 8:
+        size -= 1
+    font = _font(size)
     for i, (label, img) in enumerate(tiles):
         r, c = divmod(i, columns)
         x, y = c * (w + GAP), r * (cell_h + GAP)
         canvas.paste(Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)), (x, y + LABEL_HEIGHT))
-        draw.text((x + 6, y + 3), label, fill=(235, 235, 235), font=font)
+        while label and font.getlength(label) > w - 8:
+            label = label[:-2] + "…"
+        draw.text((x + 4, y + 3), label, fill=(235, 235, 235), font=font)
     return np.asarray(canvas, dtype=np.float32) / 255.0
 
 

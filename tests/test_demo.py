@@ -8,25 +8,26 @@ import pytest
 
 from apnt.cli import main
 from apnt.data import synthesize
-from apnt.demo import METHODS, run
+from apnt.demo import BASELINES, run
 from apnt.models import demo_weights_path
 
 
 def test_demo_writes_every_picture_and_scores(tmp_path, capsys):
     weights = "demo" if demo_weights_path("ahdrnet").exists() else None
-    results = run(tmp_path, height=48, width=64, weights=weights)
-    assert set(results) == set(METHODS)
+    results = run(tmp_path, height=48, width=64, models=["ahdrnet"], weights=weights)
+    methods = ("ahdrnet",) + BASELINES
+    assert list(results) == list(methods)
     for r in results.values():
         assert all(np.isfinite(r[k]) for k in ("psnr_mu", "psnr_l", "ssim_mu", "ssim_l", "seconds"))
-    for m in METHODS + ("ground_truth",):
+    for m in methods + ("ground_truth",):
         with OpenEXR.File(str(tmp_path / f"{m}.exr")) as f:
             rgb = f.channels()["RGB"].pixels
         assert rgb.shape == (48, 64, 3) and np.isfinite(rgb).all()
         assert cv2.imread(str(tmp_path / f"{m}.png")).shape == (48, 64, 3)
     for name in ("attention_short", "attention_long"):
-        assert cv2.imread(str(tmp_path / f"{name}.png")).shape == (48, 64, 3)
+        assert cv2.imread(str(tmp_path / "ahdrnet_maps" / f"{name}.png")).shape == (48, 64, 3)
     grid = cv2.imread(str(tmp_path / "comparison.png"))
-    assert grid.shape[0] > 2 * 48 and grid.shape[1] > 4 * 64  # 2 rows x 4 columns with labels
+    assert grid.shape[0] > 3 * 48 and grid.shape[1] > 4 * 64  # inputs, results, maps: 3 rows x 4 columns
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["results"]["debevec"]["psnr_mu"] == pytest.approx(results["debevec"]["psnr_mu"])
     out = capsys.readouterr().out
