@@ -73,8 +73,12 @@ def save(run_dir: str | os.PathLike, step: int, model: torch.nn.Module, optimize
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"step_{step}"
+    # temporaries of a run killed while saving were never renamed into place (so never read): remove them
+    for stale in run_dir.glob(".tmp_step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in run_dir.glob(".latest_*"):
+        stale.unlink(missing_ok=True)
     tmp = run_dir / f".tmp_step_{step}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(weights, str(tmp / "model.safetensors"))

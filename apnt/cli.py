@@ -5,6 +5,7 @@ import argparse
 import os
 import platform
 import sys
+import warnings
 
 
 def _cmd_info(args) -> int:
@@ -61,21 +62,41 @@ def build_parser() -> argparse.ArgumentParser:
     from apnt.data import synth
     for module in (demo, synth, train, evaluate, infer_cli):
         module.add_cli(sub)
+    for command in sub.choices.values():  # every command takes --debug (fuse registers its own)
+        try:
+            command.add_argument("--debug", action="store_true", help="show the traceback of an error")
+        except argparse.ArgumentError:
+            pass
     return p
+
+
+def _one_line_warnings(command: str, show):
+    """A warnings.showwarning that prints apnt's InputWarnings like its errors, `apnt <command>: warning: ...`
+    (Python's format adds the warning's source line); other warnings keep Python's format."""
+    from apnt.data.io import InputWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, InputWarning):
+            return show(message, category, filename, lineno, file, line)
+        print(f"apnt {command}: warning: {str(message).splitlines()[0]}", file=file or sys.stderr)
+    return showwarning
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:  # bad settings, arguments or files: one line
-        if getattr(args, "debug", False):
-            raise
-        print(f"apnt {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"apnt {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # restores showwarning afterwards (main may run inside another program)
+        warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+        try:
+            return args.fn(args)
+        except (ValueError, TypeError, OSError) as e:  # bad settings, arguments or files: one line
+            if getattr(args, "debug", False):
+                raise
+            print(f"apnt {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                  file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"apnt {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def _read_bracket(inputs, exposures):
         if not (folder / "exposure.txt").is_file():
             raise FuseError(f"{folder / 'exposure.txt'}: missing; pass --exposures SHORT MEDIUM LONG "
                             "(seconds, e.g. --exposures 1/250 1/60 1/15)")
-        scene = load_scene(folder)
+        scene = load_scene(folder, ground_truth=False)  # fusing needs no ground truth: a broken one is no error
         return scene.ldr, scene.exposure, folder.name
     if len(inputs) != 3:
         raise FuseError(f"{' '.join(inputs)}: expected one scene folder or three images (short, medium, long), "

@@ -2,7 +2,8 @@
 
 Display-referred files (TIFF, PNG, JPEG) are returned as code values scaled to [0, 1] (no response curve is
 undone here); `.hdr`, `.exr` and camera RAW files are linear radiance (`is_linear`). Every read failure raises
-`ImageReadError` with one line naming the file and the problem.
+`ImageReadError` with one line naming the file and the problem; what the C libraries print about a bad file
+(OpenCV's log, OpenEXR's error handler) is kept off stderr, so that one line is all the user sees.
 
 Library choices (DESIGN §5): tifffile for TIFF (`cv2.imread` without IMREAD_UNCHANGED silently gives 8 bit,
 Pillow drops 16-bit RGB to 8 bit); OpenCV for `.hdr` and PNG (its arrays are BGR); Pillow for JPEG (OpenCV
@@ -11,8 +12,11 @@ rawpy for RAW with a linear, unbrightened 16-bit demosaic.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
+import tempfile
 import uuid
 import warnings
 from pathlib import Path
@@ -31,6 +35,11 @@ EXPOSURE_TIME_TAG = 33434
 
 class ImageReadError(ValueError):
     """A file that could not be read as an image: missing, unsupported, truncated or corrupt."""
+
+
+class InputWarning(UserWarning):
+    """An input apnt accepts but that is probably not what was meant (an 8-bit frame where brackets are 16 bit).
+    `apnt` commands print these as one line, `apnt <command>: warning: <file>: <problem>`."""
 
 
 def is_linear(path) -> bool:
@@ -121,7 +130,7 @@ def _read_tiff(path: Path) -> np.ndarray:
                 from first
     if a.dtype == np.uint8:
         warnings.warn(f"{path}: 8-bit TIFF (16 bit is usual for exposure brackets); precision is 1/255",
-                      stacklevel=3)
+                      InputWarning, stacklevel=3)
     return _scale_codes(_to_rgb(a, path), path)
 
 
@@ -129,7 +138,14 @@ def _opencv_unchanged(path: Path) -> np.ndarray:
     """cv2.imread with IMREAD_UNCHANGED (keeps 16 bit and float), as RGB(A) or gray."""
     import cv2
 
-    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    # OpenCV logs libtiff's and its decoders' complaints to stderr (several lines per bad file), then returns None:
+    # silence its log while it reads, the ImageReadError below says the same in one line
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if a is None:  # OpenCV returns None for every kind of failure
         raise ImageReadError(f"{path}: cannot decode (corrupt, truncated or an unsupported variant)")
     if a.ndim == 3 and a.shape[2] == 3:
@@ -158,7 +174,53 @@ def _read_hdr(path: Path) -> np.ndarray:
     return _to_rgb(a, path).astype(np.float32)
 
 
+@contextlib.contextmanager
+def _c_stderr_captured():
+    """Redirect file descriptor 2 to a temporary file; yields a list that receives what was written.
+
+    OpenEXR's C core prints every error to stderr itself (and its Python binding a warning), besides or instead of
+    raising. Process-wide for the duration of one read (what another thread prints meanwhile is passed on after a
+    good read, dropped after a failed one); without a usable fd 2 nothing is redirected."""
+    printed: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield printed
+        return
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield printed
+            finally:
+                os.dup2(saved, 2)
+                tmp.seek(0)
+                printed.append(tmp.read().decode(errors="replace"))
+    finally:
+        os.close(saved)
+
+
 def _read_exr(path: Path) -> np.ndarray:
+    error = None
+    with _c_stderr_captured() as printed:
+        try:
+            rgb = _read_exr_channels(path)
+        except ImageReadError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported below, with what the library printed
+            error = e
+    text = "".join(printed)
+    if error is None:
+        sys.stderr.write(text)  # a good file: pass on whatever the library had to say (usually nothing)
+        return rgb
+    # the binding's exception ("file has 0 parts") hides the cause the core printed: report that
+    causes = [line.split(": ", 1)[-1].strip() for line in text.splitlines() if "EXR_ERR" in line]
+    detail = causes[0] if causes else _one_line(error)
+    raise ImageReadError(f"{path}: cannot read EXR file, corrupt or truncated? ({detail[:300]})") from error
+
+
+def _read_exr_channels(path: Path) -> np.ndarray:
     import OpenEXR
 
     f = OpenEXR.File(str(path))

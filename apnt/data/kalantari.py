@@ -19,6 +19,7 @@ from apnt.data.io import TIFF_SUFFIXES, read_image
 EXPOSURE_FILE = "exposure.txt"
 HDR_FILES = ("HDRImg.hdr", "HDRImg.exr")
 FRAMES = 3
+MAX_EV_SPAN = 64
 
 
 @dataclass
@@ -37,7 +38,8 @@ def read_exposures(path, frames: int = FRAMES) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: missing (one EV per line, one line per frame)")
-    lines = [s.strip() for s in path.read_text(errors="replace").splitlines() if s.strip()]
+    # utf-8-sig: a file saved by Windows Notepad starts with a byte-order mark that float() rejects
+    lines = [s.strip() for s in path.read_text(encoding="utf-8-sig", errors="replace").splitlines() if s.strip()]
     if len(lines) != frames:
         raise ValueError(f"{path}: expected {frames} EV lines (one per frame), found {len(lines)}")
     try:
@@ -49,6 +51,8 @@ def read_exposures(path, frames: int = FRAMES) -> np.ndarray:
     if not (np.diff(ev) > 0).all():
         raise ValueError(f"{path}: EVs {lines} must increase strictly, matching the frames sorted by name "
                          "(short, medium, long)")
+    if ev[-1] - ev[0] > MAX_EV_SPAN:  # t = 2^span is inf in float32 beyond 128; real brackets span < 30
+        raise ValueError(f"{path}: EVs {lines} span more than {MAX_EV_SPAN} stops; not an exposure bracket")
     return (2.0 ** (ev - ev.min())).astype(np.float32)
 
 
@@ -57,9 +61,10 @@ def frame_paths(scene_dir) -> list[Path]:
     return sorted(p for p in Path(scene_dir).iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES)
 
 
-def load_scene(scene_dir) -> Scene:
-    """Read one scene folder. The ground truth is optional (None when no HDRImg.hdr/.exr). Raises ValueError
-    (ImageReadError for unreadable files) naming the file or folder and the problem."""
+def load_scene(scene_dir, ground_truth: bool = True) -> Scene:
+    """Read one scene folder. The ground truth is optional (None when no HDRImg.hdr/.exr, and not read at all with
+    `ground_truth=False`). Raises ValueError (ImageReadError for unreadable files) naming the file or folder and
+    the problem."""
     scene_dir = Path(scene_dir)
     if not scene_dir.is_dir():
         raise ValueError(f"{scene_dir}: not a scene folder")
@@ -74,7 +79,7 @@ def load_scene(scene_dir) -> Scene:
             raise ValueError(f"{p}: frame size {f.shape[1]}x{f.shape[0]} differs from {paths[0].name}'s "
                              f"{frames[0].shape[1]}x{frames[0].shape[0]}")
     hdr = None
-    for name in HDR_FILES:
+    for name in HDR_FILES if ground_truth else ():
         if (scene_dir / name).is_file():
             hdr = read_image(scene_dir / name)
             if hdr.shape != frames[0].shape:

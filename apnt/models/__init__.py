@@ -68,7 +68,12 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, dict]:
                                         "(step_<n>/ with model.safetensors and state.json)")
             path = newest
         state_json = path / "state.json"
-        info = json.loads(state_json.read_text()) if state_json.exists() else {}
+        try:
+            info = json.loads(state_json.read_text()) if state_json.exists() else {}
+        except ValueError as e:
+            raise ValueError(f"argument 'weights': {state_json}: not JSON ({e})") from None
+        if not isinstance(info, dict):
+            raise ValueError(f"argument 'weights': {state_json}: expected a JSON object, got {type(info).__name__}")
         return path / "model.safetensors", info
     return path, {}
 
@@ -94,16 +99,46 @@ def load(name: str, weights: str | os.PathLike | None = "demo", backend: str = "
         model.backend = backend
         return model
     file, info = _resolve_checkpoint(path)
-    state, meta = _read_safetensors(file)
+    try:
+        state, meta = _read_safetensors(file)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own type for bad headers and short files
+        raise ValueError(f"argument 'weights': {file}: not a readable safetensors file ({_first_line(e)})") from e
     saved = meta.get("model") or info.get("model")
     if saved and saved != name:
         raise ValueError(f"argument 'weights': {path} holds a {saved!r} model, not {name!r}")
-    config = json.loads(meta["config"]) if "config" in meta else info.get("config", {})
-    model = create(name, backend=backend, **config)
-    recorded = json.loads(meta["vgg"]) if "vgg" in meta else info.get("vgg")
-    _check_vgg(model, recorded, path)
-    model.load_state_dict(state)
+    config = _json_object(meta, info, "config", path) or {}
+    try:  # the config comes from the file: unknown keys or bad values must be a clear error
+        model = create(name, backend=backend, **config)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"argument 'weights': {path}: its config {config} does not make a {name!r} model "
+                         f"({_first_line(e)})") from e
+    _check_vgg(model, _json_object(meta, info, "vgg", path), path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # torch lists each mismatch on its own line under a generic heading
+        details = str(e).splitlines()[1:] or [str(e)]
+        raise ValueError(f"argument 'weights': {path}: tensors do not fit {name!r} {model.config}: "
+                         f"{details[0].strip()[:300]}") from e
     return model.eval()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
+
+
+def _json_object(meta: dict, info: dict, key: str, path) -> dict | None:
+    """`key` of the safetensors header (a JSON string there) or of state.json: a dict, or None if absent."""
+    value = info.get(key)
+    if key in meta:
+        try:
+            value = json.loads(meta[key])
+        except ValueError as e:
+            raise ValueError(f"argument 'weights': {path}: metadata {key!r} is not JSON ({e})") from None
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"argument 'weights': {path}: metadata {key!r} must be a JSON object, "
+                         f"got {type(value).__name__}")
+    return value
 
 
 def _check_vgg(model: nn.Module, recorded: dict | None, path) -> None:
