@@ -119,22 +119,12 @@ def _run(args) -> int:
 
 
 def _write_explain(folder: Path, maps: dict) -> None:
-    """Each 1-channel map (a mask, or the channel mean of a gate, in [0, 1]) through viridis on a fixed 0..1
-    scale, so the colours of different scenes compare; 2-channel displacement fields (dy, dx) coloured like
-    optical flow (hue = direction, saturation = length, white = none; scaled to the longest vector); the output
-    tonemapped like the preview."""
+    """Every map as a PNG, drawn as `apnt.viz.picture` shows it."""
     from apnt.data import write_image
-    from apnt.tonemap import preview
-    from apnt.viz import colorize, flow_to_color
+    from apnt.viz import picture
 
     for name, m in maps.items():
-        if name == "output":
-            picture = preview(m)
-        elif m.shape[-1] == 2:
-            picture = flow_to_color(m)
-        else:
-            picture = colorize(m)
-        write_image(folder / f"{name}.png", picture)
+        write_image(folder / f"{name}.png", picture(name, m))
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------------
