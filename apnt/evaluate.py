@@ -11,11 +11,12 @@ METRICS = ("psnr_mu", "psnr_l", "ssim_mu", "ssim_l")
 
 def evaluate(method: str = "ahdrnet", data: str | Path = "", split: str = "Test", *, weights="demo",
              backend: str = "auto", crf: str = "gamma2.2", tile=None, max_memory=None, model=None,
-             progress: bool = True) -> dict:
+             config: dict | None = None, progress: bool = True) -> dict:
     """`{"scenes": {name: {metric: value, "seconds": s}}, "mean": {metric: value}}` for one method.
 
     `method` is a model name (`ahdrnet`, ...) loaded with `weights`, or a classical baseline (`debevec`,
-    `mertens`); `model` may instead be a ready `nn.Module` (then `method` only labels it)."""
+    `mertens`); `model` may instead be a ready `nn.Module` (then `method` only labels it). `config` overrides
+    the loaded network's configuration (ablations; see `apnt.models.load`)."""
     import torch
 
     from apnt import metrics
@@ -26,7 +27,12 @@ def evaluate(method: str = "ahdrnet", data: str | Path = "", split: str = "Test"
     runner = model
     if runner is None:
         from apnt.models import MODELS, load
-        runner = load(method, weights, backend=backend) if method in MODELS else method
+        if method in MODELS:
+            runner = load(method, weights, backend=backend, config=config)
+        elif config:
+            raise ValueError(f"argument 'config': {method} is a classical merge without a configuration")
+        else:
+            runner = method
     results: dict[str, dict] = {}
     iterator = scenes
     if progress:
@@ -75,17 +81,25 @@ def add_cli(subparsers) -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--tile", type=int, default=None)
     p.add_argument("--max-memory", default=None)
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the network's configuration (repeatable), e.g. --config use_nft=false")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=_cmd_eval)
 
 
 def _cmd_eval(args) -> int:
+    from apnt.models import parse_config
+
     report = evaluate(args.model, args.data, args.split, weights=args.weights, backend=args.backend, crf=args.crf,
-                      tile=args.tile, max_memory=args.max_memory, progress=not args.no_progress)
+                      tile=args.tile, max_memory=args.max_memory, config=parse_config(args.config),
+                      progress=not args.no_progress)
     print(format_table(report))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"scenes": report["scenes"], "mean": report["mean"]}, indent=1))
+        out = {"scenes": report["scenes"], "mean": report["mean"]}
+        if args.config:
+            out["config"] = parse_config(args.config)
+        path.write_text(json.dumps(out, indent=1))
     return 0

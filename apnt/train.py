@@ -8,7 +8,6 @@ checkpoint reproduces the uninterrupted run bit for bit, with any number of work
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -250,11 +249,13 @@ def add_cli(subparsers) -> None:
 
 
 def _cmd_train(args) -> int:
+    from apnt import models
+
     cfg = TrainConfig(model=args.model, data=args.data, out=args.out, split=args.split, steps=args.steps,
                       batch=args.batch, crop=args.crop, lr=args.lr, lr_schedule=args.lr_schedule,
                       save_every=args.save_every, keep=args.keep, seed=args.seed, amp=args.amp,
                       backend=args.backend, resume=args.resume, init=args.init, progress=not args.no_progress,
-                      model_config=parse_config(args.config))
+                      model_config=models.parse_config(args.config))
     row = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: step {row.get('step', cfg.steps)}, loss {row.get('loss', 'n/a')}; "
@@ -262,15 +263,3 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def parse_config(items: list[str]) -> dict:
-    """`key=value` strings → dict; values parsed as JSON when they are (numbers, true/false), else strings."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"argument '--config': expected KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out

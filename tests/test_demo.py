@@ -57,3 +57,20 @@ def test_eval_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "--model", "ahdrnet", "--weights", str(tmp_path / "run"), "--data",
                  str(tmp_path / "data"), "--no-progress"]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_eval_config_overrides_for_ablations(tmp_path, capsys):
+    """`--config` rebuilds the network with overrides: a switch that removes layers loads the rest of the
+    weights (warning), an unknown key is one clear line."""
+    from apnt import models
+    synthesize(tmp_path / "data", "Test", scenes=1, height=32, width=32, seed=7, progress=False)
+    net = models.create("apnt", vgg_weights=None, features=8, dense_layers=1)
+    models.save_weights(net, tmp_path / "w.safetensors")
+    common = ["eval", "--model", "apnt", "--weights", str(tmp_path / "w.safetensors"), "--data",
+              str(tmp_path / "data"), "--no-progress", "--backend", "reference"]
+    with pytest.warns(UserWarning, match="unused"):
+        assert main(common + ["--config", "use_scale_attention=false", "--json", str(tmp_path / "a.json")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["config"] == {"use_scale_attention": False}
+    assert main(common + ["--config", "no_such_switch=1"]) == 2
+    assert "no_such_switch" in capsys.readouterr().err
+    assert main(["eval", "--model", "mertens", "--data", str(tmp_path / "data"), "--config", "x=1"]) == 2

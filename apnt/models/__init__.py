@@ -78,11 +78,18 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, dict]:
     return path, {}
 
 
-def load(name: str, weights: str | os.PathLike | None = "demo", backend: str = "auto") -> nn.Module:
+def load(name: str, weights: str | os.PathLike | None = "demo", backend: str = "auto",
+         config: dict | None = None) -> nn.Module:
     """A model by name with weights: "demo" (shipped), a path (safetensors file, `apnt train` checkpoint or
-    run directory, or for AHDRNet the authors' `.pt`), or None / "none" (random). Returned in eval mode."""
+    run directory, or for AHDRNet the authors' `.pt`), or None / "none" (random). Returned in eval mode.
+
+    `config` overrides entries of the saved configuration (`apnt eval --config use_scale_attention=false`):
+    switches that only change how the network runs load as usual; a switch that removes layers loads the
+    remaining tensors (with a warning naming the unused ones); one that needs tensors the weights lack is
+    an error — train with that configuration instead."""
+    overrides = dict(config or {})
     if weights is None or (isinstance(weights, str) and weights == "none"):
-        return create(name, backend=backend).eval()
+        return create(name, backend=backend, **overrides).eval()
     if isinstance(weights, str) and weights == "demo":
         path = demo_weights_path(name)
         if name in MODELS and not path.exists():
@@ -95,6 +102,8 @@ def load(name: str, weights: str | os.PathLike | None = "demo", backend: str = "
         if name != "ahdrnet":
             raise ValueError(f"argument 'weights': {path.name} is a PyTorch pickle; only AHDRNet loads the "
                              "authors' checkpoints, other models take apnt safetensors")
+        if overrides:
+            raise ValueError(f"argument 'config': the authors' checkpoint {path.name} has a fixed configuration")
         model = load_authors_checkpoint(path)
         model.backend = backend
         return model
@@ -106,20 +115,42 @@ def load(name: str, weights: str | os.PathLike | None = "demo", backend: str = "
     saved = meta.get("model") or info.get("model")
     if saved and saved != name:
         raise ValueError(f"argument 'weights': {path} holds a {saved!r} model, not {name!r}")
-    config = _json_object(meta, info, "config", path) or {}
+    config = {**(_json_object(meta, info, "config", path) or {}), **overrides}
     try:  # the config comes from the file: unknown keys or bad values must be a clear error
         model = create(name, backend=backend, **config)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"argument 'weights': {path}: its config {config} does not make a {name!r} model "
                          f"({_first_line(e)})") from e
     _check_vgg(model, _json_object(meta, info, "vgg", path), path)
+    if overrides:  # an ablation may drop layers: their tensors are left out, nothing else may differ
+        unused = sorted(set(state) - set(model.state_dict()))
+        if unused:
+            warnings.warn(f"{path}: {len(unused)} tensors unused with {overrides} (e.g. {unused[0]})",
+                          stacklevel=2)
+            state = {k: v for k, v in state.items() if k not in unused}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # torch lists each mismatch on its own line under a generic heading
         details = str(e).splitlines()[1:] or [str(e)]
-        raise ValueError(f"argument 'weights': {path}: tensors do not fit {name!r} {model.config}: "
+        hint = f" (the override {overrides} needs tensors these weights lack: train with it)" if overrides else ""
+        raise ValueError(f"argument 'weights': {path}: tensors do not fit {name!r} {model.config}{hint}: "
                          f"{details[0].strip()[:300]}") from e
     return model.eval()
+
+
+def parse_config(items: list[str]) -> dict:
+    """`KEY=VALUE` strings (the CLIs' repeatable `--config`) → dict; values parsed as JSON when they are
+    (numbers, true/false, null), else kept as strings."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"argument '--config': expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _first_line(e: BaseException) -> str:
