@@ -44,7 +44,7 @@ def _cmd_selftest(args) -> int:
 
 def _cmd_bench(args) -> int:
     from apnt import benchcases
-    return benchcases.run_cli(quick=args.quick)
+    return benchcases.run_cli(quick=args.quick, families=args.family)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         .set_defaults(fn=_cmd_selftest)
     b = sub.add_parser("bench", help="run the benchmark cases side by side and print the table")
     b.add_argument("--quick", action="store_true", help="fewer repetitions, smaller set")
+    b.add_argument("--family", metavar="F,...", help="only these case families (attention, conv, dense, models)")
     b.set_defaults(fn=_cmd_bench)
     # Pipeline commands register themselves (each module owns its options).
     from apnt import demo, evaluate, infer_cli, train
