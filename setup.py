@@ -82,7 +82,7 @@ def extension():
     if sanitize:
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
         link += ["-fsanitize=address,undefined"]
-    macros = []
+    macros = [("APNT_SANITIZE", "1")] if sanitize else []  # e.g. no target_clones ifuncs (common/cpu_clones.h)
     include_dirs = [os.path.join(ROOT, "csrc")]
     if use_cuda:
         # torch reads CUDA_HOME at import of cpp_extension: point it (and the module global) at the real toolkit.

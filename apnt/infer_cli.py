@@ -171,7 +171,8 @@ def _read_folder_frames(folder: Path, times):
     frames = [_read_ldr(p) for p in paths]
     for p, f in zip(paths[1:], frames[1:]):
         if f.shape != frames[0].shape:
-            raise FuseError(f"{p}: frame size differs from {paths[0].name}'s")
+            raise FuseError(f"{p}: frame size {f.shape[1]}x{f.shape[0]} differs from {paths[0].name}'s "
+                            f"{frames[0].shape[1]}x{frames[0].shape[0]}")
     return np.stack(frames)
 
 

@@ -108,7 +108,45 @@ class _Unusual(Exception):
     """A TIFF variant tifffile reads but does not convert to RGB."""
 
 
+@contextlib.contextmanager
+def _tifffile_log_held():
+    """Hold back what tifffile logs (it reports a bad file through `logging`, e.g. "invalid offset to first page",
+    which Python's last-resort handler prints to stderr as a second line). Yields [False]; the records are passed
+    on only when the caller sets `keep[0] = True` (a good read), as `_c_stderr_captured` does for OpenEXR's prints."""
+    import logging
+
+    log = logging.getLogger("tifffile")
+    records: list[logging.LogRecord] = []
+
+    class _Hold(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler, propagate = _Hold(), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    keep = [False]
+    try:
+        yield keep
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+        if keep[0]:
+            for record in records:
+                log.handle(record)
+
+
 def _read_tiff(path: Path) -> np.ndarray:
+    with _tifffile_log_held() as keep:
+        a = _read_tiff_codes(path)
+        keep[0] = True
+    if a.dtype == np.uint8:
+        warnings.warn(f"{path}: 8-bit TIFF (16 bit is usual for exposure brackets); precision is 1/255",
+                      InputWarning, stacklevel=3)
+    return _scale_codes(_to_rgb(a, path), path)
+
+
+def _read_tiff_codes(path: Path) -> np.ndarray:
     import tifffile
 
     try:
@@ -128,10 +166,7 @@ def _read_tiff(path: Path) -> np.ndarray:
         except Exception:
             raise ImageReadError(f"{path}: cannot read TIFF file, corrupt or truncated? ({_one_line(first)})") \
                 from first
-    if a.dtype == np.uint8:
-        warnings.warn(f"{path}: 8-bit TIFF (16 bit is usual for exposure brackets); precision is 1/255",
-                      InputWarning, stacklevel=3)
-    return _scale_codes(_to_rgb(a, path), path)
+    return a
 
 
 def _opencv_unchanged(path: Path) -> np.ndarray:

@@ -84,10 +84,20 @@ def patch_transfer_reference(value, index, *, patch_size=3, scale=1):
     hq, wq = index.shape[-2:]
     s, big = scale, patch_size * scale
     pad = (big - s) // 2
+    hk, wk = value.shape[2] // s, value.shape[3] // s
+    # The kernels report out-of-range indices as this ValueError; gather would raise a RuntimeError naming no
+    # argument. (A host sync: skipped under torch.compile, where gather still refuses to read out of bounds.)
+    if not torch.compiler.is_compiling() and index.numel() and int(index.max()) >= hk * wk:
+        raise ValueError(f"argument 'index': values must be negative (no match) or flat key positions in "
+                         f"[0, {hk * wk}) of the ({hk}, {wk}) key map that value {tuple(value.shape[2:])} is the "
+                         f"scale-{s} image of, got {int(index.max())}")
     cols = F.unfold(value, big, padding=pad, stride=s)                                      # (N, Cv*K*K, Lk)
     flat = index.reshape(n, 1, hq * wq)
-    ok = (flat >= 0).to(value.dtype)
-    picked = cols.gather(2, flat.clamp_min(0).expand(-1, cols.shape[1], -1)) * ok          # (N, Cv*K*K, Lq)
+    valid = flat >= 0
+    ok = valid.to(value.dtype)
+    # where, not `* ok`: an unmatched column gathers key 0 as a stand-in, and 0 * NaN (or Inf) there is NaN.
+    picked = cols.gather(2, flat.clamp_min(0).expand(-1, cols.shape[1], -1))
+    picked = torch.where(valid, picked, torch.zeros_like(picked))                          # (N, Cv*K*K, Lq)
     size = (hq * s, wq * s)
     out = F.fold(picked, size, big, padding=pad, stride=s)
     count = F.fold(ok.expand(-1, big * big, -1), size, big, padding=pad, stride=s)

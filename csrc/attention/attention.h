@@ -1,6 +1,6 @@
 // Family `attention` (DESIGN §3.1): the elementwise epilogues that follow the attention convolutions.
 // Gate:  out = x * s,  s = sigmoid(z)                (s saved; s' = s (1 - s) needs no exp in backward)
-// Blend: out = a * x + (1 - a) * y = y + a (x - y),  a = sigmoid(z)
+// Blend: out = a * x + (1 - a) * y,  a = sigmoid(z)
 #pragma once
 #include "common/elementwise.h"
 
@@ -13,9 +13,11 @@ APNT_HD T gate_value(const T& x, const T& s) {
   return x * s;
 }
 
+// Written as the reference writes it, not as y + a (x - y): with y = +-Inf and a = 0 exactly (sigmoid of -Inf)
+// that form gives Inf + 0 * (x - Inf) = NaN where reference gives Inf.
 template <typename T>
 APNT_HD T blend_value(const T& x, const T& y, const T& a) {
-  return y + a * (x - y);
+  return a * x + (1.f - a) * y;
 }
 
 template <typename scalar_t, typename acc_t>

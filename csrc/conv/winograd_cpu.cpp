@@ -17,14 +17,17 @@ namespace {
 constexpr int kTile = 4;         // output tile edge
 constexpr int kIn = 6;           // input tile edge
 constexpr int kPoints = 36;      // kIn * kIn
-constexpr int kChunk = 48;       // tiles per GEMM batch: V, M and U stay near L2
+// Tiles per GEMM batch. 96 measured 10-20% faster than 48 on 64->64 and 192->64 at 128^2 and 256^2 (one thread,
+// this 2-core EPYC): MKL's per-call overhead is spread over twice the rows while V and M stay in L2.
+constexpr int64_t kChunk = 96;
 Plane plane_of_impl(const at::Tensor& t) {
   return {t.data_ptr<float>(), t.size(1), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// One output tile: image n, sub-lattice (py, px), first lattice row/column r0, c0.
+// One output tile: image n, sub-lattice (py, px), first lattice row/column r0, c0. int64 like every index here:
+// int32 fields wrapped for batches or maps with a dimension >= 2**31 (zero-stride expanded inputs are read in place).
 struct Tile {
-  int32_t n, py, px, r0, c0;
+  int64_t n, py, px, r0, c0;
 };
 
 std::vector<Tile> enumerate_tiles(int64_t N, int64_t H, int64_t W, int64_t d) {
@@ -35,7 +38,7 @@ std::vector<Tile> enumerate_tiles(int64_t N, int64_t H, int64_t W, int64_t d) {
         const int64_t hp = (H - py + d - 1) / d, wp = (W - px + d - 1) / d;
         for (int64_t r = 0; r < hp; r += kTile)
           for (int64_t c = 0; c < wp; c += kTile)
-            tiles.push_back({int32_t(n), int32_t(py), int32_t(px), int32_t(r), int32_t(c)});
+            tiles.push_back({n, py, px, r, c});
       }
   return tiles;
 }

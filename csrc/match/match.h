@@ -86,7 +86,11 @@ struct WindowedSearchBody : ElementwiseBody<WindowedSearchBody<scalar_t, acc_t>>
       for (int64_t kx = (qx - radius < 0 ? 0 : qx - radius); kx <= qx + radius && kx < W; ++kx) {
         const int64_t k = ky * W + kx;
         if (key_mask && !key_mask[n * H * W + k]) continue;
-        best.offer(dot(n, qy, qx, ky, kx) / (qn * key_norm[n * H * W + k]), k, q);
+        const acc_t kn = key_norm[n * H * W + k];
+        // A NaN/Inf in either window makes reference's unit descriptor hold NaN (Inf / Inf), so every score of
+        // it is NaN, never chosen. dot() skips the zero padding, where reference's 0 * NaN would say so.
+        if (!(qn - qn == acc_t(0)) || !(kn - kn == acc_t(0))) continue;
+        best.offer(dot(n, qy, qx, ky, kx) / (qn * kn), k, q);
       }
     int64_t idx;
     best.finish(score + i, &idx);
