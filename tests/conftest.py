@@ -244,3 +244,21 @@ def compare_to_reference(native_fn, reference_fn, inputs, *, mode, receives_grad
     else:
         raise ValueError(mode)
     return out
+
+
+# ---- a one-scene dataset to damage (tests/test_robust_files*.py) ----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory):
+    from apnt.data import synthesize
+    root = tmp_path_factory.mktemp("pristine")
+    synthesize(root, "Test", scenes=1, height=32, width=40, seed=8, progress=False)
+    return root
+
+
+@pytest.fixture
+def root(pristine, tmp_path):
+    """A fresh copy of the one-scene dataset, to damage."""
+    import shutil
+    shutil.copytree(pristine, tmp_path / "data")
+    return tmp_path / "data"

@@ -17,22 +17,8 @@ from safetensors.torch import save_file
 
 from apnt import models
 from apnt.cli import main
-from apnt.data import ImageReadError, KalantariDataset, load_scene, read_image, synthesize, write_image
+from apnt.data import ImageReadError, KalantariDataset, load_scene, read_image, write_image
 from apnt.data.io import InputWarning
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pristine")
-    synthesize(root, "Test", scenes=1, height=32, width=40, seed=8, progress=False)
-    return root
-
-
-@pytest.fixture
-def root(pristine, tmp_path):
-    """A fresh copy of the one-scene dataset, to damage."""
-    shutil.copytree(pristine, tmp_path / "data")
-    return tmp_path / "data"
 
 
 def _scene(root):

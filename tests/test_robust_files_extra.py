@@ -18,20 +18,7 @@ import pytest
 import tifffile
 
 from apnt.cli import main
-from apnt.data import read_image, synthesize, write_image
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pristine_extra")
-    synthesize(root, "Test", scenes=1, height=32, width=40, seed=8, progress=False)
-    return root
-
-
-@pytest.fixture
-def root(pristine, tmp_path):
-    shutil.copytree(pristine, tmp_path / "data")
-    return tmp_path / "data"
+from apnt.data import read_image, write_image
 
 
 def _scene(root):
