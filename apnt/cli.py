@@ -25,6 +25,8 @@ def _cmd_info(args) -> int:
     print("apnt._C: " + ("built" + (" with CUDA" if _native.built_with_cuda() else " (CPU only)") if err is None
                          else f"not available: {err}"))
     print(f"threads: {torch.get_num_threads()}")
+    if err is None:
+        print(f"CPU Winograd GEMM: {_native.winograd_gemm_engine()}  (APNT_WINOGRAD_GEMM=aten selects at::bmm)")
     env = os.environ.get("APNT_BACKEND")
     if env:
         _backends._requested(env)  # raises a ValueError naming the setting when it is not a backend

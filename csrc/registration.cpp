@@ -4,7 +4,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "common/grid.h"
+#include "conv/winograd_gemm.h"
 
 TORCH_LIBRARY(apnt, m) {
   // conv (DESIGN §3.0)
@@ -39,6 +42,10 @@ TORCH_LIBRARY(apnt, m) {
   m.def("patch_transfer_bwd(Tensor grad_out, Tensor index, int patch_size, int scale, int[] value_size) -> Tensor");
   // Run CUDA kernel bodies through the CPU grid emulator (tests). Returns the previous setting.
   m.def("_set_grid_emulation(bool on) -> bool", [](bool on) { return apnt::set_grid_emulation(on); });
+  // Which GEMM the CPU Winograd convolution runs for output widths that are a multiple of 16 (apnt info, tests).
+  m.def("_winograd_gemm_engine() -> str", []() {
+    return std::string(apnt::conv::cpu::winograd_gemm_usable(16) ? "apnt-avx512" : "aten-bmm");
+  });
   m.def("_built_with_cuda() -> bool", []() {
 #ifdef APNT_WITH_CUDA
     return true;

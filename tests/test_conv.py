@@ -8,8 +8,12 @@ bfloat16 have their own comparisons. Every comparison runs with the grid emulato
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 
 import apnt.ops
 from apnt.ops import BackendUnavailableError, conv2d
+from apnt.ops._native import winograd_gemm_engine
 from apnt.ops import conv as conv_module
 from apnt_test_helpers import (LAYOUTS, LOWP, LOWP_DRAWS, compare_to_reference, emulation,
                                make_tensor, requires_native)
@@ -116,6 +121,48 @@ def test_float32_winograd_medium(s, emulate, threads):
     with emulation(emulate):
         compare_to_reference(_native(s), _reference(s), s.make(torch.float32), mode="f32", rtol=1e-4,
                              name=str(s))
+
+
+# ---- the two GEMM engines behind the Winograd convolution -------------------------------------------------
+# Output widths 16, 48 (32+16), 80 (64+16), 96 (64+32), 112 (64+32+16) cover every column block of our AVX-512
+# kernel; the backward's GEMM has width K: 64, 16, 32 take it too, 200 and 1 fall back to at::bmm.
+GEMM_SAMPLES = [ConvSample(3, 64, 16, 7, 13, 3, 1, "relu"), ConvSample(1, 16, 112, 9, 9, 3, 2, "leaky_relu", 0.1),
+                ConvSample(2, 200, 48, 11, 5, 3, 1), ConvSample(1, 1, 80, 6, 6, 3, 3, "relu"),
+                ConvSample(1, 32, 96, 30, 21, 3, 1)]
+
+
+@pytest.mark.parametrize("s", GEMM_SAMPLES, ids=str)
+def test_winograd_gemm_engine_matches_reference(s, threads):
+    compare_to_reference(_native(s), _reference(s), s.make(torch.float32, "channels_last"), mode="f32", rtol=1e-4,
+                         name=f"{s} [{winograd_gemm_engine()}]")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def test_own_gemm_runs_on_avx512_cpus():
+    # Otherwise the test above would silently exercise only at::bmm on the machine that has our kernel.
+    expected = "apnt-avx512" if {"avx512f", "avx512vl", "avx512dq", "avx512bw"} <= _cpu_flags() else "aten-bmm"
+    if os.environ.get("APNT_WINOGRAD_GEMM") == "aten":
+        expected = "aten-bmm"
+    assert winograd_gemm_engine() == expected
+
+
+@pytest.mark.skipif(os.environ.get("APNT_WINOGRAD_GEMM") == "aten", reason="already the at::bmm engine")
+def test_aten_gemm_engine_matches_reference():
+    # The engine is chosen once per process, so the at::bmm one runs in a child with the switch set.
+    env = {**os.environ, "APNT_WINOGRAD_GEMM": "aten"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+           "-k", "winograd_gemm_engine_matches_reference or own_gemm_runs"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert f"{len(GEMM_SAMPLES) + 1} passed" in run.stdout, run.stdout[-2000:]
 
 
 @EMULATE

@@ -26,6 +26,12 @@ def built_with_cuda() -> bool:
     return load_error() is None and bool(torch.ops.apnt._built_with_cuda())
 
 
+def winograd_gemm_engine() -> str | None:
+    """The GEMM behind the CPU Winograd 3x3 convolution: "apnt-avx512" (our kernel: AVX-512 CPUs, output
+    channels a multiple of 16) or "aten-bmm" (MKL through at::bmm; also forced by APNT_WINOGRAD_GEMM=aten)."""
+    return None if load_error() is not None else str(torch.ops.apnt._winograd_gemm_engine())
+
+
 def reasons(device: torch.device) -> list[str]:
     """Why `native` cannot run on `device` (empty when it can)."""
     err = load_error()

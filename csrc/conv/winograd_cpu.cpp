@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "common/cpu_clones.h"
+#include "conv/winograd_gemm.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // see winograd.h
 
@@ -17,9 +18,10 @@ namespace {
 constexpr int kTile = 4;         // output tile edge
 constexpr int kIn = 6;           // input tile edge
 constexpr int kPoints = 36;      // kIn * kIn
-// Tiles per GEMM batch. 96 measured 10-20% faster than 48 on 64->64 and 192->64 at 128^2 and 256^2 (one thread,
-// this 2-core EPYC): MKL's per-call overhead is spread over twice the rows while V and M stay in L2.
-constexpr int64_t kChunk = 96;
+// Tiles per GEMM batch. With MKL's bmm 96 measured 10-20% faster than 48 (its per-call overhead is spread over
+// more rows); our own GEMM has no such overhead and 48 wins there (V and M stay in L2, and maps of 128^2 give
+// enough chunks to balance 2 threads). Both measured on 64->64 and 192->64 at 128^2 and 256^2, this 2-core EPYC.
+constexpr int64_t kChunkAten = 96, kChunkOwnGemm = 48;
 Plane plane_of_impl(const at::Tensor& t) {
   return {t.data_ptr<float>(), t.size(1), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
@@ -169,28 +171,33 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
   }
   const std::vector<Tile> tiles = enumerate_tiles(N, H, W, d);
   const int64_t T = int64_t(tiles.size());
-  const int64_t chunks = (T + kChunk - 1) / kChunk;
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* bptr = b.defined() ? b.data_ptr<float>() : nullptr;
+  const bool own_gemm = filter.is_contiguous() && winograd_gemm_usable(O);
+  const int64_t chunk = own_gemm ? kChunkOwnGemm : kChunkAten;
+  const int64_t chunks = (T + chunk - 1) / chunk;
 
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor V = at::empty({kPoints, kChunk, K}, filter.options());
-    at::Tensor M = at::empty({kPoints, kChunk, O}, filter.options());
+    at::Tensor V = at::empty({kPoints, chunk, K}, filter.options());
+    at::Tensor M = at::empty({kPoints, chunk, O}, filter.options());
     for (int64_t ci = begin; ci < end; ++ci) {
-      const int64_t t0 = ci * kChunk, n = std::min<int64_t>(kChunk, T - t0);
+      const int64_t t0 = ci * chunk, n = std::min<int64_t>(chunk, T - t0);
       float* v = V.data_ptr<float>();
       for (int64_t t = 0; t < n; ++t) {
         int64_t k0 = 0;
         for (const Plane& p : planes) {
-          transform_input_tile(p, tiles[t0 + t], H, W, d, v, t, kChunk, K, k0);
+          transform_input_tile(p, tiles[t0 + t], H, W, d, v, t, chunk, K, k0);
           k0 += p.channels;
         }
       }
-      if (n < kChunk)  // last chunk: zero the unused rows so the full-size GEMM reads no garbage
-        for (int p = 0; p < kPoints; ++p) std::fill(v + (p * kChunk + n) * K, v + (p + 1) * kChunk * K, 0.f);
-      at::bmm_out(M, V, filter);
+      if (n < chunk)  // last chunk: zero the unused rows so the full-size GEMM reads no garbage
+        for (int p = 0; p < kPoints; ++p) std::fill(v + (p * chunk + n) * K, v + (p + 1) * chunk * K, 0.f);
+      if (own_gemm)
+        winograd_gemm(v, filter.data_ptr<float>(), M.data_ptr<float>(), kPoints, chunk, K, O);
+      else
+        at::bmm_out(M, V, filter);
       const float* m = M.data_ptr<float>();
-      for (int64_t t = 0; t < n; ++t) transform_output_tile(m, t, kChunk, O, tiles[t0 + t], H, W, d, bptr, epilogue);
+      for (int64_t t = 0; t < n; ++t) transform_output_tile(m, t, chunk, O, tiles[t0 + t], H, W, d, bptr, epilogue);
     }
   });
 }

@@ -1,0 +1,96 @@
+#include "conv/winograd_gemm.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors stay inside this file
+
+namespace apnt {
+namespace conv {
+namespace cpu {
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define APNT_HAVE_AVX512_GEMM 1
+#define APNT_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma")))
+
+typedef float Vec16 __attribute__((vector_size(64), aligned(4)));
+
+// MR rows x NV*16 columns of C, accumulated over all K in registers (MR*NV + NV of the 32 zmm registers).
+template <int MR, int NV>
+APNT_AVX512 inline void micro_kernel(const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                                     int64_t ldc, int64_t K) {
+  Vec16 acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = Vec16{};
+  for (int64_t k = 0; k < K; ++k) {
+    Vec16 b[NV];
+    for (int j = 0; j < NV; ++j) std::memcpy(&b[j], B + k * ldb + 16 * j, sizeof(Vec16));
+    for (int r = 0; r < MR; ++r) {
+      const float a = A[r * lda + k];
+      for (int j = 0; j < NV; ++j) acc[r][j] += a * b[j];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) std::memcpy(C + r * ldc + 16 * j, &acc[r][j], sizeof(Vec16));
+}
+
+// Rows of C in blocks of MR; columns in blocks of 64, then 32, then 16 (O is a multiple of 16).
+template <int MR>
+APNT_AVX512 inline void row_block(const float* A, const float* B, float* C, int64_t K, int64_t O) {
+  int64_t o = 0;
+  for (; o + 64 <= O; o += 64) micro_kernel<MR, 4>(A, K, B + o, O, C + o, O, K);
+  if (o + 32 <= O) {
+    micro_kernel<MR, 2>(A, K, B + o, O, C + o, O, K);
+    o += 32;
+  }
+  if (o < O) micro_kernel<MR, 1>(A, K, B + o, O, C + o, O, K);
+}
+
+APNT_AVX512 void gemm_avx512(const float* A, const float* B, float* C, int64_t points, int64_t T, int64_t K,
+                             int64_t O) {
+  constexpr int kRows = 6;
+  for (int64_t p = 0; p < points; ++p) {
+    const float* a = A + p * T * K;
+    const float* b = B + p * K * O;
+    float* c = C + p * T * O;
+    int64_t t = 0;
+    for (; t + kRows <= T; t += kRows) row_block<kRows>(a + t * K, b, c + t * O, K, O);
+    for (; t < T; ++t) row_block<1>(a + t * K, b, c + t * O, K, O);
+  }
+}
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+}
+#endif
+
+bool engine_enabled() {
+#ifdef APNT_HAVE_AVX512_GEMM
+  static const bool enabled = [] {
+    const char* choice = std::getenv("APNT_WINOGRAD_GEMM");
+    return cpu_has_avx512() && !(choice && std::strcmp(choice, "aten") == 0);
+  }();
+  return enabled;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool winograd_gemm_usable(int64_t O) { return O % 16 == 0 && engine_enabled(); }
+
+void winograd_gemm(const float* A, const float* B, float* C, int64_t points, int64_t T, int64_t K, int64_t O) {
+#ifdef APNT_HAVE_AVX512_GEMM
+  gemm_avx512(A, B, C, points, T, K, O);
+#else
+  (void)A, (void)B, (void)C, (void)points, (void)T, (void)K, (void)O;
+#endif
+}
+
+}  // namespace cpu
+}  // namespace conv
+}  // namespace apnt
