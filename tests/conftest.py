@@ -262,3 +262,22 @@ def root(pristine, tmp_path):
     import shutil
     shutil.copytree(pristine, tmp_path / "data")
     return tmp_path / "data"
+
+
+def saved_bytes(fn, leaves):
+    """(bytes of the unique storages autograd saves during fn(), each storage once, those of `leaves` excluded;
+    the number of tensors saved, leaves included: proof that the hook saw the op's saves at all)."""
+    exclude = {t.untyped_storage().data_ptr() for t in leaves}
+    seen, packed = {}, []
+
+    def pack(t):
+        packed.append(1)
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values()), len(packed)

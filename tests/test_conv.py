@@ -23,7 +23,7 @@ import apnt.ops
 from apnt.ops import BackendUnavailableError, conv2d
 from apnt.ops._native import winograd_gemm_engine
 from apnt.ops import conv as conv_module
-from apnt_test_helpers import (LAYOUTS, LOWP, LOWP_DRAWS, compare_to_reference, emulation,
+from apnt_test_helpers import (LAYOUTS, LOWP, LOWP_DRAWS, compare_to_reference, emulation, saved_bytes,
                                make_tensor, requires_native)
 
 pytestmark = requires_native
@@ -163,6 +163,19 @@ def test_aten_gemm_engine_matches_reference():
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert f"{len(GEMM_SAMPLES) + 1} passed" in run.stdout, run.stdout[-2000:]
+
+
+@pytest.mark.parametrize("activation,factor", [("relu", 0.25), ("leaky_relu", 0.25), ("sigmoid", 1.0),
+                                               ("none", 0.0)])
+def test_memory_held_for_backward(activation, factor, backend="native"):
+    # Beyond x, w, b (excluded): reference keeps relu's float32 output; native a bool mask of it (tests/triton:
+    # the same for triton).
+    s = ConvSample(1, 8, 16, 12, 10, 3, 1, activation, 0.1)
+    x, w, b = s.make(torch.float32)
+    out_bytes = 4 * 16 * 12 * 10
+    held, saves = saved_bytes(lambda: conv2d(x, w, b, **s.kwargs, backend=backend), [x, w, b])
+    assert saves >= 2, "the hook did not see the op's saves"
+    assert held == factor * out_bytes, f"{activation}: holds {held} bytes, output is {out_bytes}"
 
 
 @EMULATE

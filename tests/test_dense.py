@@ -21,7 +21,7 @@ import apnt.ops
 from apnt.models.blocks import DilatedDenseBlock
 from apnt.ops import BackendUnavailableError, dilated_dense_block
 from apnt.ops.dense import dilated_dense_block_reference
-from apnt_test_helpers import (LAYOUTS, LOWP, compare_to_reference,
+from apnt_test_helpers import (LAYOUTS, LOWP, compare_to_reference, saved_bytes,
                                emulation, make_tensor, requires_native)
 
 pytestmark = requires_native
@@ -229,25 +229,6 @@ def test_autocast_bfloat16_forward_backward():
 
 
 # ---- memory held for backward (DESIGN §3.2 targets) --------------------------------------------------------------
-
-def saved_bytes(fn, leaves):
-    """(bytes of the unique storages autograd saves during fn(), each storage once, those of `leaves` excluded;
-    the number of tensors saved, leaves included: proof that the hook saw the op's saves at all)."""
-    exclude = {t.untyped_storage().data_ptr() for t in leaves}
-    seen, packed = {}, []
-
-    def pack(t):
-        packed.append(1)
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in exclude:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(seen.values()), len(packed)
-
 
 def test_memory_held_for_backward():
     s = DenseSample(1, 16, 8, 6, 32, 32, 2)

@@ -90,9 +90,19 @@ def _fake_bwd(grad_out, x, w, out, dilation, activation, negative_slope, output_
             x.new_empty(w.shape[0]) if output_mask[2] else x.new_empty(0))
 
 
+def _saved_output(output, activation):
+    """What the backward needs of the output: relu and leaky_relu (slope >= 0) only need where it is > 0, so
+    they keep that bool mask (a quarter of float32's bytes); "none" needs nothing; sigmoid needs y itself."""
+    if activation in ("relu", "leaky_relu"):
+        return output > 0
+    if activation == "none":
+        return output.new_empty(0)
+    return output
+
+
 def _setup_context(ctx, inputs, output):
     x, w, b, dilation, activation, negative_slope = inputs
-    ctx.save_for_backward(x, w, output)
+    ctx.save_for_backward(x, w, _saved_output(output, activation))
     ctx.args = (dilation, activation, negative_slope)
     ctx.has_bias = b is not None
 

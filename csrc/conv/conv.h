@@ -44,11 +44,12 @@ struct ActivationBody : ElementwiseBody<ActivationBody<scalar_t, acc_t>> {
   APNT_HD void element(int64_t i) const { y[i] = scalar_t(activate<acc_t>(acc_t(y[i]), act, slope)); }
 };
 
-// gz[i] = g[i] * act'(z) recovered from y.
-template <typename scalar_t, typename acc_t>
-struct ActivationGradBody : ElementwiseBody<ActivationGradBody<scalar_t, acc_t>> {
+// gz[i] = g[i] * act'(z) recovered from y. For relu and leaky_relu y may be the bool mask y > 0 instead
+// (y_t = bool): all their gradient needs, at a quarter of float32's bytes held for backward.
+template <typename scalar_t, typename acc_t, typename y_t = scalar_t>
+struct ActivationGradBody : ElementwiseBody<ActivationGradBody<scalar_t, acc_t, y_t>> {
   const scalar_t* g;
-  const scalar_t* y;
+  const y_t* y;
   scalar_t* gz;
   Activation act;
   acc_t slope;

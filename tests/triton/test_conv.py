@@ -76,3 +76,13 @@ def test_float64_is_refused():
 def test_opcheck(layout, activation, dilation, needs_grad):
     x, w, b = _inputs(1, 3, 2, 3, 4, 3, layout=layout, needs_grad=needs_grad)
     torch.library.opcheck(torch.ops.apnt_triton.conv2d_fwd.default, (x, w, b, dilation, activation, 0.1))
+
+
+@pytest.mark.parametrize("activation,factor", [("relu", 0.25), ("leaky_relu", 0.25), ("sigmoid", 1.0), ("none", 0.0)])
+def test_memory_held_for_backward(activation, factor):
+    """relu and leaky_relu keep a bool mask of the output (a quarter of its float32 bytes), as native does."""
+    from apnt_test_helpers import saved_bytes
+    x, w, b = _inputs(1, 8, 16, 12, 10, 3)
+    held, saves = saved_bytes(lambda: conv2d(x, w, b, backend="triton", activation=activation), [x, w, b])
+    assert saves >= 2, "the hook did not see the op's saves"
+    assert held == factor * 4 * 16 * 12 * 10
