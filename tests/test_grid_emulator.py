@@ -233,7 +233,10 @@ def expected_bodies():
     on the CPU; the 1x1 cases in CASES reach their bodies.)"""
     out = set()
     for dtype, t in _CPP_TYPE.items():
-        out |= {f"apnt::conv::ActivationGradBody<{t}>", f"apnt::attention::GateForwardBody<{t}>",
+        scalar = t.split(",")[0]
+        # The activation gradient from y itself, and from the bool mask y > 0 that conv2d saves for relu.
+        out |= {f"apnt::conv::ActivationGradBody<{t}, {scalar}>", f"apnt::conv::ActivationGradBody<{t}, bool>",
+                f"apnt::attention::GateForwardBody<{t}>",
                 f"apnt::attention::GateBackwardBody<{t}>", f"apnt::attention::BlendForwardBody<{t}>",
                 f"apnt::attention::BlendBackwardBody<{t}>"}
         if dtype in (torch.float64, torch.float16):

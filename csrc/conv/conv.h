@@ -85,9 +85,11 @@ at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& y, Acti
 at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                    int64_t dilation, Activation act, double slope);
 // d/d input of the 3x3 convolution through Winograd; undefined when it does not apply. With `accumulate_into`
-// (an (N, K, H, W) view, any strides) the gradient is added there and that view is returned.
+// (an (N, K, H, W) view, any strides) the gradient is added there and that view is returned; otherwise it is
+// written in `format` (the input's: the epilogue stores any strides, cheaper than a transposing copy after).
 at::Tensor grad_input_3x3(const at::Tensor& grad_z, const at::Tensor& w, int64_t dilation,
-                          const at::Tensor& accumulate_into = at::Tensor());
+                          const at::Tensor& accumulate_into = at::Tensor(),
+                          at::MemoryFormat format = at::MemoryFormat::ChannelsLast);
 }  // namespace cpu
 
 #ifdef APNT_WITH_CUDA

@@ -5,6 +5,7 @@
 #include "common/checks.h"
 #include "common/operands.h"
 #include "conv/conv.h"
+#include "conv/winograd.h"
 
 namespace apnt {
 namespace conv {
@@ -72,8 +73,18 @@ Grads backward(const at::Tensor& grad_z, const std::vector<at::Tensor>& inputs, 
   const int64_t pad = dilation * (w.size(2) / 2);
   at::Tensor grad_x;
   if (need_inputs && grad_z.is_cpu()) {
-    grad_x = cpu::grad_input_3x3(grad_z, w, dilation);  // Winograd when it applies
+    // Winograd when it applies, in the layout of a lone input (the gradient returned must have it anyway).
+    const auto format = inputs.size() == 1 ? inputs[0].suggest_memory_format() : at::MemoryFormat::ChannelsLast;
+    grad_x = cpu::grad_input_3x3(grad_z, w, dilation, at::Tensor(), format);
     need_inputs = !grad_x.defined();
+  }
+  if (need_weight && grad_z.is_cpu()) {
+    std::vector<at::Tensor> operands = inputs;
+    operands.push_back(grad_z);
+    if (cpu::winograd_applicable(operands, w)) {  // the adjoint of the forward's Winograd, inputs read in place
+      g.weight = cpu::winograd_grad_weight(inputs, grad_z, dilation);
+      need_weight = false;
+    }
   }
   if (need_inputs || need_weight) {
     // The concatenation exists only here, for the weight gradient: nothing holds it after backward.
@@ -82,7 +93,7 @@ Grads backward(const at::Tensor& grad_z, const std::vector<at::Tensor>& inputs, 
     auto r = at::convolution_backward(gz, x, w, c10::nullopt, {1, 1}, {pad, pad}, {dilation, dilation}, false,
                                       {0, 0}, 1, {need_inputs, need_weight, false});
     if (need_inputs) grad_x = std::get<0>(r);
-    g.weight = std::get<1>(r);
+    if (need_weight) g.weight = std::get<1>(r);
   }
   if (need_bias) g.bias = grad_z.sum({0, 2, 3});
   if (grad_x.defined()) {

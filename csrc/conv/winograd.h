@@ -46,6 +46,28 @@ APNT_HD void winograd_filter_1d(const T* g, int s, T* u, int su) {
   u[5 * su] = g2;
 }
 
+// The adjoints (transposes) of the two maps above, for the weight gradient: m = A y (6 from the 4 of
+// winograd_output_1d's y), and g = G^T u (3 from the 6 of winograd_filter_1d's u).
+template <typename T>
+APNT_HD void winograd_output_adjoint_1d(const T* y, int s, T* m, int sm) {
+  const T y0 = y[0], y1 = y[s], y2 = y[2 * s], y3 = y[3 * s];
+  const T p = y0 + y2, q = y1 + y3, r = y0 + 4.f * y2, t = 2.f * y1 + 8.f * y3;
+  m[0] = y0;
+  m[sm] = p + q;
+  m[2 * sm] = p - q;
+  m[3 * sm] = r + t;
+  m[4 * sm] = r - t;
+  m[5 * sm] = y3;
+}
+
+template <typename T>
+APNT_HD void winograd_filter_adjoint_1d(const T* u, int s, T* g, int sg) {
+  const T u0 = u[0], u1 = u[s], u2 = u[2 * s], u3 = u[3 * s], u4 = u[4 * s], u5 = u[5 * s];
+  g[0] = u0 / T(4) - (u1 + u2) / T(6) + (u3 + u4) / T(24);
+  g[sg] = (u2 - u1) / T(6) + (u3 - u4) / T(12);
+  g[2 * sg] = (u3 + u4 - u1 - u2) / T(6) + u5;
+}
+
 namespace cpu {
 
 // Lanes values never cross a library boundary: the ABI note about 64-byte vectors does not apply.
@@ -119,6 +141,10 @@ at::Tensor winograd_filter(const at::Tensor& w, bool for_grad_input = false);
 // tile to `epilogue`. Inputs may have any strides (no copies; channels_last reads fastest).
 void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& filter,
                       const c10::optional<at::Tensor>& bias, int64_t dilation, const TileEpilogue& epilogue);
+
+// d loss / d w (O, K, 3, 3) of conv3x3(cat(inputs), w, dilation=d, padding=d) given grad_z (N, O, H, W), all
+// fp32: the adjoint of the forward transforms, dU[p] = sum over tiles of V[p]^T (A dY A^T)[p], w = G^T dU G.
+at::Tensor winograd_grad_weight(const std::vector<at::Tensor>& inputs, const at::Tensor& grad_z, int64_t dilation);
 
 bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor& w);
 

@@ -104,6 +104,34 @@ void transform_output_tile(const float* M, int64_t t, int64_t chunk, int64_t O, 
   }
 }
 
+// Z[p][t][o] = (A dY A^T)[p] for the tile's 4x4 output gradient window (zeros outside the map): the adjoint
+// of transform_output_tile, for the weight gradient.
+APNT_CPU_CLONES
+void transform_grad_tile(const Plane& gz, const Tile& tile, int64_t H, int64_t W, int64_t d, float* Z, int64_t t,
+                         int64_t chunk) {
+  const int64_t O = gz.channels;
+  int64_t ys[kTile], xs[kTile];
+  bool row_ok[kTile], col_ok[kTile];
+  for (int i = 0; i < kTile; ++i) {
+    ys[i] = tile.py + d * (tile.r0 + i);
+    xs[i] = tile.px + d * (tile.c0 + i);
+    row_ok[i] = ys[i] < H;
+    col_ok[i] = xs[i] < W;
+  }
+  Lanes dy[kTile * kTile], tv[kTile * kIn], mv[kPoints];
+  for (int64_t o0 = 0; o0 < O; o0 += kLanes) {
+    const int lanes = int(std::min<int64_t>(kLanes, O - o0));
+    for (int i = 0; i < kTile; ++i)
+      for (int j = 0; j < kTile; ++j)
+        dy[i * kTile + j] = row_ok[i] && col_ok[j] ? load_lanes(gz.at(tile.n, o0, ys[i], xs[j]), gz.sc, lanes)
+                                                   : Lanes{};
+    for (int i = 0; i < kTile; ++i) winograd_output_adjoint_1d(dy + i * kTile, 1, tv + i * kIn, 1);  // rows
+    for (int j = 0; j < kIn; ++j) winograd_output_adjoint_1d(tv + j, kIn, mv + j, kIn);              // columns
+    float* dst = Z + t * O + o0;
+    for (int p = 0; p < kPoints; ++p) store_lanes(dst + int64_t(p) * chunk * O, 1, mv[p], lanes);
+  }
+}
+
 }  // namespace
 
 Plane plane_of(const at::Tensor& t) { return plane_of_impl(t); }
@@ -200,6 +228,72 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
       for (int64_t t = 0; t < n; ++t) transform_output_tile(m, t, chunk, O, tiles[t0 + t], H, W, d, bptr, epilogue);
     }
   });
+}
+
+at::Tensor winograd_grad_weight(const std::vector<at::Tensor>& inputs, const at::Tensor& grad_z, int64_t dilation) {
+  const at::Tensor& x0 = inputs.front();
+  const int64_t N = x0.size(0), H = x0.size(2), W = x0.size(3), d = dilation, O = grad_z.size(1);
+  std::vector<Plane> planes;
+  int64_t K = 0;
+  for (const auto& x : inputs) {
+    TORCH_INTERNAL_ASSERT(x.size(0) == N && x.size(2) == H && x.size(3) == W);
+    planes.push_back(plane_of(x));
+    K += x.size(1);
+  }
+  const Plane gplane = plane_of(grad_z);
+  const std::vector<Tile> tiles = enumerate_tiles(N, H, W, d);
+  const int64_t T = int64_t(tiles.size());
+  const bool own_gemm = winograd_gemm_usable(O);
+  const int64_t chunk = own_gemm ? kChunkOwnGemm : kChunkAten;
+  const int64_t chunks = (T + chunk - 1) / chunk;
+  // One dU accumulator per thread, summed at the end: the reduction over tiles needs no locks.
+  const int64_t threads = at::get_num_threads();
+  at::Tensor dU = at::zeros({threads, kPoints, K, O}, grad_z.options());
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t me = at::get_thread_num();
+    TORCH_INTERNAL_ASSERT(me >= 0 && me < threads);
+    at::Tensor acc = dU[me];
+    at::Tensor V = at::empty({kPoints, chunk, K}, grad_z.options());
+    at::Tensor Z = at::empty({kPoints, chunk, O}, grad_z.options());
+    float* v = V.data_ptr<float>();
+    float* z = Z.data_ptr<float>();
+    for (int64_t ci = begin; ci < end; ++ci) {
+      const int64_t t0 = ci * chunk, n = std::min<int64_t>(chunk, T - t0);
+      for (int64_t t = 0; t < n; ++t) {
+        int64_t k0 = 0;
+        for (const Plane& p : planes) {
+          transform_input_tile(p, tiles[t0 + t], H, W, d, v, t, chunk, K, k0);
+          k0 += p.channels;
+        }
+        transform_grad_tile(gplane, tiles[t0 + t], H, W, d, z, t, chunk);
+      }
+      if (n < chunk)  // last chunk: zero both operands' unused rows (garbage could hold NaN, and NaN * 0 = NaN)
+        for (int p = 0; p < kPoints; ++p) {
+          std::fill(v + (p * chunk + n) * K, v + (p + 1) * chunk * K, 0.f);
+          std::fill(z + (p * chunk + n) * O, z + (p + 1) * chunk * O, 0.f);
+        }
+      if (own_gemm)
+        winograd_gemm_tn_accumulate(v, z, acc.data_ptr<float>(), kPoints, chunk, K, O);
+      else
+        acc.baddbmm_(V.transpose(1, 2), Z);
+    }
+  });
+  const at::Tensor dU_sum = (threads == 1 ? dU[0] : dU.sum(0)).contiguous();
+  // w = G^T dU G per (o, k), in fp64 like the forward filter transform.
+  at::Tensor gw = at::empty({O, K, 3, 3}, grad_z.options());
+  const float* u = dU_sum.data_ptr<float>();
+  float* g = gw.data_ptr<float>();
+  at::parallel_for(0, O * K, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t ok = begin; ok < end; ++ok) {
+      const int64_t o = ok / K, k = ok % K;
+      double r[kPoints], t[kIn * 3], f[9];
+      for (int p = 0; p < kPoints; ++p) r[p] = u[(int64_t(p) * K + k) * O + o];
+      for (int i = 0; i < kIn; ++i) winograd_filter_adjoint_1d(r + i * kIn, 1, t + i * 3, 1);  // rows: 6 -> 3
+      for (int j = 0; j < 3; ++j) winograd_filter_adjoint_1d(t + j, 3, f + j, 3);              // columns
+      for (int i = 0; i < 9; ++i) g[ok * 9 + i] = float(f[i]);
+    }
+  });
+  return gw;
 }
 
 }  // namespace cpu

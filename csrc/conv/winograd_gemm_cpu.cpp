@@ -35,6 +35,49 @@ APNT_AVX512 inline void micro_kernel(const float* A, int64_t lda, const float* B
     for (int j = 0; j < NV; ++j) std::memcpy(C + r * ldc + 16 * j, &acc[r][j], sizeof(Vec16));
 }
 
+// C[0..MR) x [0..NV*16) += sum over t of A[t][r] B[t][:]: rows of C are MR consecutive columns of A.
+template <int MR, int NV>
+APNT_AVX512 inline void micro_kernel_tn(const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                                        int64_t ldc, int64_t T) {
+  Vec16 acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) std::memcpy(&acc[r][j], C + r * ldc + 16 * j, sizeof(Vec16));
+  for (int64_t t = 0; t < T; ++t) {
+    Vec16 b[NV];
+    for (int j = 0; j < NV; ++j) std::memcpy(&b[j], B + t * ldb + 16 * j, sizeof(Vec16));
+    for (int r = 0; r < MR; ++r) {
+      const float a = A[t * lda + r];
+      for (int j = 0; j < NV; ++j) acc[r][j] += a * b[j];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) std::memcpy(C + r * ldc + 16 * j, &acc[r][j], sizeof(Vec16));
+}
+
+template <int MR>
+APNT_AVX512 inline void row_block_tn(const float* A, int64_t K, const float* B, float* C, int64_t T, int64_t O) {
+  int64_t o = 0;
+  for (; o + 64 <= O; o += 64) micro_kernel_tn<MR, 4>(A, K, B + o, O, C + o, O, T);
+  if (o + 32 <= O) {
+    micro_kernel_tn<MR, 2>(A, K, B + o, O, C + o, O, T);
+    o += 32;
+  }
+  if (o < O) micro_kernel_tn<MR, 1>(A, K, B + o, O, C + o, O, T);
+}
+
+APNT_AVX512 void gemm_tn_avx512(const float* A, const float* B, float* C, int64_t points, int64_t T, int64_t K,
+                                int64_t O) {
+  constexpr int kRows = 6;
+  for (int64_t p = 0; p < points; ++p) {
+    const float* a = A + p * T * K;
+    const float* b = B + p * T * O;
+    float* c = C + p * K * O;
+    int64_t k = 0;
+    for (; k + kRows <= K; k += kRows) row_block_tn<kRows>(a + k, K, b, c + k * O, T, O);
+    for (; k < K; ++k) row_block_tn<1>(a + k, K, b, c + k * O, T, O);
+  }
+}
+
 // Rows of C in blocks of MR; columns in blocks of 64, then 32, then 16 (O is a multiple of 16).
 template <int MR>
 APNT_AVX512 inline void row_block(const float* A, const float* B, float* C, int64_t K, int64_t O) {
@@ -86,6 +129,15 @@ bool winograd_gemm_usable(int64_t O) { return O % 16 == 0 && engine_enabled(); }
 void winograd_gemm(const float* A, const float* B, float* C, int64_t points, int64_t T, int64_t K, int64_t O) {
 #ifdef APNT_HAVE_AVX512_GEMM
   gemm_avx512(A, B, C, points, T, K, O);
+#else
+  (void)A, (void)B, (void)C, (void)points, (void)T, (void)K, (void)O;
+#endif
+}
+
+void winograd_gemm_tn_accumulate(const float* A, const float* B, float* C, int64_t points, int64_t T, int64_t K,
+                                 int64_t O) {
+#ifdef APNT_HAVE_AVX512_GEMM
+  gemm_tn_avx512(A, B, C, points, T, K, O);
 #else
   (void)A, (void)B, (void)C, (void)points, (void)T, (void)K, (void)O;
 #endif
