@@ -77,9 +77,10 @@ at::Tensor empty_cl(const at::Tensor& like) {
 
 }  // namespace
 
-bool fused_gate(const at::Tensor& hidden, const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& x,
+bool fused_gate(const at::Tensor& hidden, const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& x_in,
                 at::Tensor& out, at::Tensor& attention) {
-  if (!fused_applies({hidden, x}, w2)) return false;
+  if (!fused_applies({hidden, x_in}, w2)) return false;
+  const at::Tensor x = conv::cpu::channels_last_fast(x_in);  // the epilogue then loads 16 channels at once
   attention = empty_cl(x);
   out = empty_cl(x);
   conv::cpu::winograd_conv3x3({hidden}, conv::cpu::winograd_filter(w2), b2, 1,
@@ -88,9 +89,11 @@ bool fused_gate(const at::Tensor& hidden, const at::Tensor& w2, const at::Tensor
   return true;
 }
 
-bool fused_blend(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w, const at::Tensor& b, at::Tensor& out,
-                 at::Tensor& attention) {
-  if (!fused_applies({x, y}, w)) return false;
+bool fused_blend(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& w, const at::Tensor& b,
+                 at::Tensor& out, at::Tensor& attention) {
+  if (!fused_applies({x_in, y_in}, w)) return false;
+  // Converted once, read by both the input transform and the epilogue.
+  const at::Tensor x = conv::cpu::channels_last_fast(x_in), y = conv::cpu::channels_last_fast(y_in);
   attention = empty_cl(x);
   out = empty_cl(x);
   conv::cpu::winograd_conv3x3({x, y}, conv::cpu::winograd_filter(w), b, 1,

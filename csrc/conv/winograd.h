@@ -146,6 +146,11 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
 // fp32: the adjoint of the forward transforms, dU[p] = sum over tiles of V[p]^T (A dY A^T)[p], w = G^T dU G.
 at::Tensor winograd_grad_weight(const std::vector<at::Tensor>& inputs, const at::Tensor& grad_z, int64_t dilation);
 
+// t (float32, CPU) as a channels_last tensor: t itself when it already is, else a blocked 16 x 16 transpose of
+// each image (several times faster here than ATen's copy, and the transforms then load 16 channels at once
+// instead of gathering them HW apart).
+at::Tensor channels_last_fast(const at::Tensor& t);
+
 bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor& w);
 
 }  // namespace cpu

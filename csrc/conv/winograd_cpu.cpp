@@ -136,12 +136,40 @@ void transform_grad_tile(const Plane& gz, const Tile& tile, int64_t H, int64_t W
 
 Plane plane_of(const at::Tensor& t) { return plane_of_impl(t); }
 
+namespace {
+typedef int32_t LaneInts __attribute__((vector_size(kLanes * sizeof(int32_t))));  // bit pattern of a float
+
+// e^x on 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error
+// < 2e-7, about 2 ulp), 2^n through the exponent bits. x is clamped to [-87, 88] so 2^n stays a normal
+// float: e^-87 ~ 1.6e-38 stands in for anything smaller, which changes 1 / (1 + e^-z) by less than 1e-37.
+// NaN passes through the clamps and the polynomial. Scalar expf per lane made sigmoid epilogues the
+// largest cost of the attention ops.
+inline Lanes exp_lanes(Lanes x) {
+  x = x < -87.f ? Lanes{} - 87.f : x;
+  x = x > 88.f ? Lanes{} + 88.f : x;
+  const float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f, kRound = 12582912.f;
+  const Lanes n = (x * kLog2e + kRound) - kRound;  // round to nearest (1.5 * 2^23 trick)
+  const Lanes r = (x - n * kLn2Hi) - n * kLn2Lo;
+  Lanes p = r * (1.f / 720) + (1.f / 120);
+  p = p * r + (1.f / 24);
+  p = p * r + (1.f / 6);
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const LaneInts bits = (__builtin_convertvector(n, LaneInts) + 127) << 23;
+  Lanes scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+}  // namespace
+
 APNT_CPU_CLONES
 void activate_lanes(Lanes& z, Activation act, float slope) {
   switch (act) {
     case Activation::kNone: break;
     case Activation::kRelu: z = z < 0.f ? Lanes{} : z; break;  // NaN stays NaN, as in F.relu
     case Activation::kLeakyRelu: z = z < 0.f ? z * slope : z; break;
+    case Activation::kSigmoid: z = 1.f / (1.f + exp_lanes(-z)); break;
     default:
       for (int l = 0; l < kLanes; ++l) z[l] = activate<float>(z[l], act, slope);
   }
@@ -180,6 +208,32 @@ at::Tensor winograd_filter(const at::Tensor& w, bool for_grad_input) {
   return U;
 }
 
+at::Tensor channels_last_fast(const at::Tensor& t) {
+  if (t.is_contiguous(at::MemoryFormat::ChannelsLast) || !t.is_contiguous() || t.scalar_type() != at::kFloat)
+    return t;  // channels_last already, or strides the transforms read as they are
+  const int64_t N = t.size(0), C = t.size(1), HW = t.size(2) * t.size(3);
+  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* src = t.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  constexpr int64_t kB = 16;
+  const int64_t cb = (C + kB - 1) / kB, pb = (HW + kB - 1) / kB;
+  at::parallel_for(0, N * pb, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t n = job / pb, p0 = (job % pb) * kB, p1 = std::min(HW, p0 + kB);
+      const float* s_n = src + n * C * HW;
+      float* d_n = dst + n * C * HW;
+      for (int64_t b = 0; b < cb; ++b) {
+        const int64_t c0 = b * kB, c1 = std::min(C, c0 + kB);
+        float block[kB][kB];  // [pixel][channel]
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t q = p0; q < p1; ++q) block[q - p0][c - c0] = s_n[c * HW + q];
+        for (int64_t q = p0; q < p1; ++q) std::copy(block[q - p0], block[q - p0] + (c1 - c0), d_n + q * C + c0);
+      }
+    }
+  });
+  return out;
+}
+
 bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor& w) {
   if (w.size(2) != 3 || w.size(3) != 3 || w.scalar_type() != at::kFloat) return false;
   for (const auto& x : inputs)
@@ -192,10 +246,12 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
   const at::Tensor& x0 = inputs.front();
   const int64_t N = x0.size(0), H = x0.size(2), W = x0.size(3), d = dilation;
   const int64_t K = filter.size(1), O = filter.size(2);
+  std::vector<at::Tensor> held;  // NCHW inputs converted once: the input transform then loads whole vectors
   std::vector<Plane> planes;
   for (const auto& x : inputs) {
     TORCH_INTERNAL_ASSERT(x.size(0) == N && x.size(2) == H && x.size(3) == W);
-    planes.push_back(plane_of(x));
+    held.push_back(channels_last_fast(x));
+    planes.push_back(plane_of(held.back()));
   }
   const std::vector<Tile> tiles = enumerate_tiles(N, H, W, d);
   const int64_t T = int64_t(tiles.size());
@@ -233,14 +289,17 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
 at::Tensor winograd_grad_weight(const std::vector<at::Tensor>& inputs, const at::Tensor& grad_z, int64_t dilation) {
   const at::Tensor& x0 = inputs.front();
   const int64_t N = x0.size(0), H = x0.size(2), W = x0.size(3), d = dilation, O = grad_z.size(1);
+  std::vector<at::Tensor> held;  // as in winograd_conv3x3
   std::vector<Plane> planes;
   int64_t K = 0;
   for (const auto& x : inputs) {
     TORCH_INTERNAL_ASSERT(x.size(0) == N && x.size(2) == H && x.size(3) == W);
-    planes.push_back(plane_of(x));
+    held.push_back(channels_last_fast(x));
+    planes.push_back(plane_of(held.back()));
     K += x.size(1);
   }
-  const Plane gplane = plane_of(grad_z);
+  const at::Tensor gz_cl = channels_last_fast(grad_z);
+  const Plane gplane = plane_of(gz_cl);
   const std::vector<Tile> tiles = enumerate_tiles(N, H, W, d);
   const int64_t T = int64_t(tiles.size());
   const bool own_gemm = winograd_gemm_usable(O);
