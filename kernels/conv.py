@@ -9,7 +9,7 @@ accumulating in float32. Stride 1, "same" zero padding d * (k//2), odd k, dilati
 The input may be two tensors whose channels are concatenated virtually (AHDRNet's cat(x, ref)): channels
 < C0 come from the first pointer, the rest from the second, each read in place through its own strides
 (any layout, slices included). The epilogue adds the bias, applies the activation and may write a second
-output of the same shape: GATE  out2 = x * s,  BLEND  out2 = y + s * (x - y)  (= s x + (1 - s) y); or add a
+output of the same shape: GATE  out2 = x * s,  BLEND  out2 = s x + (1 - s) y; or add a
 residual to the output itself: RESIDUAL  out = s + x. The output is written through its strides, so it may be a
 channel slice of a larger buffer (the dense block's layers write straight into their slice).
 
@@ -137,7 +137,7 @@ def conv2d_kernel(x0_ptr, x0_sn, x0_sc, x0_sh, x0_sw, C0,
         else:  # blend
             ye = tl.load(e1_ptr + (n * e1_sn + oh * e1_sh + ow * e1_sw)[:, None] + channel * e1_sc,
                          mask=ok, other=0.0).to(tl.float32)
-            out2 = ye + s * (xe - ye)
+            out2 = s * xe + (1.0 - s) * ye  # as attention.h: y + s (x - y) is NaN at y = Inf, s = 0
         tl.store(out2_ptr + out_offs, out2.to(out2_ptr.dtype.element_ty), mask=ok)
 
 

@@ -125,3 +125,14 @@ def test_compile_fullgraph_aot_eager():
     inputs = [x, ref, wc, bc, *gate[2:], *blend[2:]]
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     compare_to_reference(compiled, reference, inputs, mode="f32", name="compiled model")
+
+
+def test_blend_keeps_inf_where_attention_is_exactly_zero():
+    """y = Inf where a = sigmoid(-Inf) = 0: a x + (1 - a) y is Inf (y + a (x - y) would be NaN), as in native."""
+    x = torch.tensor([[[[0.5, -1.0]]]])
+    y = torch.tensor([[[[2.0, float("inf")]]]])
+    w = torch.tensor([0.0, -1.0]).reshape(1, 2, 1, 1)
+    b = torch.zeros(1)
+    want = attention_blend(x, y, w, b, backend="reference")
+    assert want[0, 0, 0, 1] == torch.inf
+    torch.testing.assert_close(attention_blend(x, y, w, b, backend="triton"), want)
