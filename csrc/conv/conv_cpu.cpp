@@ -115,7 +115,7 @@ at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& y, Acti
       !(mask || y.scalar_type() == at::kFloat) || (mask && act == Activation::kSigmoid))
     return activation_backward_impl(grad, y, act, slope, CpuLauncher{});  // also where the checks live
   const auto fmt = at::MemoryFormat::ChannelsLast;
-  const at::Tensor gc = grad.contiguous(fmt), yc = y.contiguous(fmt);
+  const at::Tensor gc = channels_last_fast(grad).contiguous(fmt), yc = y.contiguous(fmt);
   at::Tensor gz = at::empty_like(gc, fmt);
   if (mask)
     activation_grad_float(gc.data_ptr<float>(), yc.data_ptr<bool>(), gz.data_ptr<float>(), gz.numel(), act,
@@ -167,13 +167,14 @@ at::Tensor grad_input_3x3(const at::Tensor& grad_z, const at::Tensor& w, int64_t
                           const at::Tensor& accumulate_into, at::MemoryFormat format) {
   if (!winograd_applicable({grad_z}, w)) return at::Tensor();
   // d/dx of a stride-1 "same" convolution is the same convolution of grad_z with the flipped, transposed filter.
+  // Computed channels_last (whole-vector stores), then converted to `format` (layout.h).
   const bool accumulate = accumulate_into.defined();
   at::Tensor gx = accumulate ? accumulate_into
                              : at::empty({grad_z.size(0), w.size(1), grad_z.size(2), grad_z.size(3)},
-                                         grad_z.options().memory_format(format));
+                                         grad_z.options().memory_format(at::MemoryFormat::ChannelsLast));
   winograd_conv3x3({grad_z}, winograd_filter(w, /*for_grad_input=*/true), c10::nullopt, dilation,
                    ActivationEpilogue(plane_of(gx), Activation::kNone, 0.f, accumulate));
-  return gx;
+  return accumulate ? gx : to_format_fast(gx, format);
 }
 
 }  // namespace cpu

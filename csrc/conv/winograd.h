@@ -3,6 +3,7 @@
 // across channels are 36 GEMMs, run through at::bmm. Dilation d works on the d*d interleaved sub-lattices:
 // output (py + d*r, px + d*c) only reads inputs of the same sub-lattice, where the convolution is undilated.
 #pragma once
+#include "conv/layout.h"
 #include <vector>
 
 #include "conv/conv.h"
@@ -145,11 +146,6 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
 // d loss / d w (O, K, 3, 3) of conv3x3(cat(inputs), w, dilation=d, padding=d) given grad_z (N, O, H, W), all
 // fp32: the adjoint of the forward transforms, dU[p] = sum over tiles of V[p]^T (A dY A^T)[p], w = G^T dU G.
 at::Tensor winograd_grad_weight(const std::vector<at::Tensor>& inputs, const at::Tensor& grad_z, int64_t dilation);
-
-// t (float32, CPU) as a channels_last tensor: t itself when it already is, else a blocked 16 x 16 transpose of
-// each image (several times faster here than ATen's copy, and the transforms then load 16 channels at once
-// instead of gathering them HW apart).
-at::Tensor channels_last_fast(const at::Tensor& t);
 
 bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor& w);
 

@@ -208,32 +208,6 @@ at::Tensor winograd_filter(const at::Tensor& w, bool for_grad_input) {
   return U;
 }
 
-at::Tensor channels_last_fast(const at::Tensor& t) {
-  if (t.is_contiguous(at::MemoryFormat::ChannelsLast) || !t.is_contiguous() || t.scalar_type() != at::kFloat)
-    return t;  // channels_last already, or strides the transforms read as they are
-  const int64_t N = t.size(0), C = t.size(1), HW = t.size(2) * t.size(3);
-  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const float* src = t.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  constexpr int64_t kB = 16;
-  const int64_t cb = (C + kB - 1) / kB, pb = (HW + kB - 1) / kB;
-  at::parallel_for(0, N * pb, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t n = job / pb, p0 = (job % pb) * kB, p1 = std::min(HW, p0 + kB);
-      const float* s_n = src + n * C * HW;
-      float* d_n = dst + n * C * HW;
-      for (int64_t b = 0; b < cb; ++b) {
-        const int64_t c0 = b * kB, c1 = std::min(C, c0 + kB);
-        float block[kB][kB];  // [pixel][channel]
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t q = p0; q < p1; ++q) block[q - p0][c - c0] = s_n[c * HW + q];
-        for (int64_t q = p0; q < p1; ++q) std::copy(block[q - p0], block[q - p0] + (c1 - c0), d_n + q * C + c0);
-      }
-    }
-  });
-  return out;
-}
-
 bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor& w) {
   if (w.size(2) != 3 || w.size(3) != 3 || w.scalar_type() != at::kFloat) return false;
   for (const auto& x : inputs)

@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/cpu_features.h"
+
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors stay inside this file
 
 namespace apnt {
@@ -10,9 +12,8 @@ namespace conv {
 namespace cpu {
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef APNT_HAVE_X86_AVX512
 #define APNT_HAVE_AVX512_GEMM 1
-#define APNT_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma")))
 
 typedef float Vec16 __attribute__((vector_size(64), aligned(4)));
 
@@ -103,11 +104,6 @@ APNT_AVX512 void gemm_avx512(const float* A, const float* B, float* C, int64_t p
   }
 }
 
-bool cpu_has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
-}
 #endif
 
 bool engine_enabled() {

@@ -1,0 +1,114 @@
+#include "conv/layout.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "common/cpu_features.h"
+
+#ifdef APNT_HAVE_X86_AVX512
+#include <immintrin.h>
+// GCC 12 warns inside avx512fintrin.h that the intrinsics' internal _mm512_undefined_ps() is uninitialised
+// (a known false positive of inlined undefined-value builtins), once per inlined call.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace apnt {
+namespace conv {
+namespace cpu {
+namespace {
+
+constexpr int64_t kB = 16;  // block edge: one AVX-512 vector of floats
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols (both <= 16): the portable path.
+void transpose_block_scalar(const float* src, int64_t src_stride, int rows, int cols, float* dst,
+                            int64_t dst_stride) {
+  float block[kB][kB];
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j) block[j][i] = src[i * src_stride + j];
+  for (int j = 0; j < cols; ++j) std::copy(block[j], block[j] + rows, dst + j * dst_stride);
+}
+
+#ifdef APNT_HAVE_X86_AVX512
+// The same in registers: 16 (masked) row loads, three rounds of interleaving (32-bit elements, 64-bit pairs,
+// 128-bit quarters twice), 16 (masked) row stores.
+APNT_AVX512 void transpose_block_avx512(const float* src, int64_t src_stride, int rows, int cols, float* dst,
+                                        int64_t dst_stride) {
+  const __mmask16 col_mask = __mmask16((1u << cols) - 1), row_mask = __mmask16((1u << rows) - 1);
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i)
+    r[i] = i < rows ? _mm512_maskz_loadu_ps(col_mask, src + i * src_stride) : _mm512_setzero_ps();
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int k = 0; k < 2; ++k) {
+      const __m512d a = _mm512_castps_pd(t[i + k]), b = _mm512_castps_pd(t[i + k + 2]);
+      r[i + 2 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+      r[i + 2 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    }
+  // r[4q + m] now holds, in each 128-bit quarter l, element 4l + m of rows 4q..4q+3.
+  for (int h = 0; h < 2; ++h)
+    for (int m = 0; m < 4; ++m) {
+      t[8 * h + m] = _mm512_shuffle_f32x4(r[8 * h + m], r[8 * h + 4 + m], 0x88);
+      t[8 * h + 4 + m] = _mm512_shuffle_f32x4(r[8 * h + m], r[8 * h + 4 + m], 0xdd);
+    }
+  for (int m = 0; m < 8; ++m) {
+    r[m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0x88);
+    r[8 + m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0xdd);
+  }
+  for (int j = 0; j < cols; ++j) _mm512_mask_storeu_ps(dst + j * dst_stride, row_mask, r[j]);
+}
+#endif
+
+using BlockFn = void (*)(const float*, int64_t, int, int, float*, int64_t);
+BlockFn block_fn() {
+#ifdef APNT_HAVE_X86_AVX512
+  if (cpu_has_avx512()) return transpose_block_avx512;
+#endif
+  return transpose_block_scalar;
+}
+
+// Per image: (rows_total x cols_total) row-major src -> its transpose in dst, in 16 x 16 blocks. Jobs are strips
+// of 16 source columns (all rows), so each job writes whole destination rows.
+void transpose_images(const float* src, float* dst, int64_t images, int64_t rows_total, int64_t cols_total) {
+  const BlockFn fn = block_fn();
+  const int64_t strips = (cols_total + kB - 1) / kB, plane = rows_total * cols_total;
+  at::parallel_for(0, images * strips, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t n = job / strips, j0 = (job % strips) * kB;
+      const int cols = int(std::min(kB, cols_total - j0));
+      const float* s = src + n * plane + j0;
+      float* d = dst + n * plane + j0 * rows_total;
+      for (int64_t i0 = 0; i0 < rows_total; i0 += kB)
+        fn(s + i0 * cols_total, cols_total, int(std::min(kB, rows_total - i0)), cols, d + i0, rows_total);
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor channels_last_fast(const at::Tensor& t) {
+  if (t.is_contiguous(at::MemoryFormat::ChannelsLast) || !t.is_contiguous() || t.scalar_type() != at::kFloat)
+    return t;  // channels_last already, or strides the transforms read as they are
+  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  // NCHW image: a (C, HW) matrix; channels_last: its transpose (HW, C).
+  transpose_images(t.data_ptr<float>(), out.data_ptr<float>(), t.size(0), t.size(1), t.size(2) * t.size(3));
+  return out;
+}
+
+at::Tensor to_format_fast(const at::Tensor& t, at::MemoryFormat format) {
+  if (t.is_contiguous(format)) return t;
+  if (format != at::MemoryFormat::Contiguous || t.scalar_type() != at::kFloat ||
+      !t.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return t.contiguous(format);
+  at::Tensor out = at::empty(t.sizes(), t.options());
+  transpose_images(t.data_ptr<float>(), out.data_ptr<float>(), t.size(0), t.size(2) * t.size(3), t.size(1));
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace conv
+}  // namespace apnt
