@@ -80,7 +80,7 @@ at::Tensor empty_cl(const at::Tensor& like) {
 bool fused_gate(const at::Tensor& hidden, const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& x_in,
                 at::Tensor& out, at::Tensor& attention) {
   if (!fused_applies({hidden, x_in}, w2)) return false;
-  const at::Tensor x = conv::cpu::channels_last_fast(x_in);  // the epilogue then loads 16 channels at once
+  const at::Tensor x = channels_last_fast(x_in);  // the epilogue then loads 16 channels at once
   attention = empty_cl(x);
   out = empty_cl(x);
   conv::cpu::winograd_conv3x3({hidden}, conv::cpu::winograd_filter(w2), b2, 1,
@@ -93,7 +93,7 @@ bool fused_blend(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tenso
                  at::Tensor& out, at::Tensor& attention) {
   if (!fused_applies({x_in, y_in}, w)) return false;
   // Converted once, read by both the input transform and the epilogue.
-  const at::Tensor x = conv::cpu::channels_last_fast(x_in), y = conv::cpu::channels_last_fast(y_in);
+  const at::Tensor x = channels_last_fast(x_in), y = channels_last_fast(y_in);
   attention = empty_cl(x);
   out = empty_cl(x);
   conv::cpu::winograd_conv3x3({x, y}, conv::cpu::winograd_filter(w), b, 1,

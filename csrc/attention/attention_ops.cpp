@@ -44,6 +44,14 @@ void check_pair(const at::Tensor& x, const at::Tensor& other, const char* name) 
 }
 
 
+// A gradient in the layout of its input: as computed (channels_last, or a channel slice of it) for channels_last
+// inputs, else transposed to NCHW (for a leaf, autograd would otherwise copy it into the leaf's layout, slowly).
+at::Tensor layout_like(const at::Tensor& grad, const at::Tensor& input) {
+  return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast
+             ? grad
+             : to_format_fast(grad, at::MemoryFormat::Contiguous);
+}
+
 at::Tensor defined_or_null(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_gate_fwd(const at::Tensor& x, const at::Tensor& ref,
@@ -77,8 +85,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     g1 = conv::backward(gz1, {x, ref}, w1, 1, mask[0] || mask[1], mask[2], mask[3]);
   }
   at::Tensor gx, gref;
-  if (mask[0]) gx = gx_gate + g1.inputs[0];
-  if (mask[1]) gref = g1.inputs[1];
+  if (mask[0]) gx = layout_like(gx_gate.add_(g1.inputs[0]), x);
+  if (mask[1]) gref = layout_like(g1.inputs[1], ref);
   return {or_empty(gx, x), or_empty(gref, ref), or_empty(g1.weight, w1), bias_or_empty(g1.bias, x),
           or_empty(g2.weight, w2), bias_or_empty(g2.bias, x)};
 }
@@ -104,8 +112,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_blend_bwd(
       blend_backward(grad_out, defined_or_null(grad_attention), x, y, attention);
   const conv::Grads g = conv::backward(gz, {x, y}, w, 1, mask[0] || mask[1], mask[2], mask[3]);
   at::Tensor gx, gy;
-  if (mask[0]) gx = gx_direct + g.inputs[0];
-  if (mask[1]) gy = gy_direct + g.inputs[1];
+  if (mask[0]) gx = layout_like(gx_direct.add_(g.inputs[0]), x);
+  if (mask[1]) gy = layout_like(gy_direct.add_(g.inputs[1]), y);
   return {or_empty(gx, x), or_empty(gy, y), or_empty(g.weight, w), bias_or_empty(g.bias, x)};
 }
 

@@ -5,10 +5,17 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
+#include "common/layout.h"
+
 namespace apnt {
 
 inline at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
-  return t.is_contiguous(fmt) ? t : t.contiguous(fmt);
+  if (t.is_contiguous(fmt)) return t;
+  if (t.is_cpu()) {  // float32 NCHW <-> channels_last by the register transposes of layout.h
+    at::Tensor r = fmt == at::MemoryFormat::ChannelsLast ? channels_last_fast(t) : to_format_fast(t, fmt);
+    if (r.is_contiguous(fmt)) return r;
+  }
+  return t.contiguous(fmt);
 }
 
 template <typename scalar_t>

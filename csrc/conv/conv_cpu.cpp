@@ -69,17 +69,20 @@ template <Activation kAct, typename y_t>
 void activation_grad_loop(const float* __restrict g, const y_t* __restrict y, float* __restrict gz, int64_t n,
                           float slope) {
   at::parallel_for(0, n, 16384, [=](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<y_t, bool>) {
-      // The mask y > 0 of relu / leaky_relu, as bit operations (GCC vectorizes these; it keeps a select a
-      // branch). relu: g's bits where the mask is on, +0 elsewhere (not 0 * g: F.relu gives 0 for Inf/NaN g);
-      // leaky_relu: g times exactly 1 or slope.
+    if constexpr (kAct == Activation::kRelu || kAct == Activation::kLeakyRelu) {
+      // Where y > 0 (the saved bool mask, or the float output itself), as bit operations: GCC vectorizes
+      // these (it keeps a select a branch). relu: g's bits where the mask is on, +0 elsewhere (not 0 * g:
+      // F.relu gives 0 for Inf/NaN g); leaky_relu: g times exactly 1 or slope.
       using FloatBits = uint32_t;  // bit pattern of a float, not an index
       FloatBits slope_bits, one_bits, g_bits;
       const float one = 1.f;
       std::memcpy(&slope_bits, &slope, 4);
       std::memcpy(&one_bits, &one, 4);
       for (int64_t i = begin; i < end; ++i) {
-        const FloatBits on = FloatBits(0) - FloatBits(y[i]);
+        bool positive;
+        if constexpr (std::is_same_v<y_t, bool>) positive = y[i];
+        else positive = y[i] > 0.f;
+        const FloatBits on = FloatBits(0) - FloatBits(positive);
         float r;
         if constexpr (kAct == Activation::kRelu) {
           std::memcpy(&g_bits, g + i, 4);

@@ -3,7 +3,7 @@
 // across channels are 36 GEMMs, run through at::bmm. Dilation d works on the d*d interleaved sub-lattices:
 // output (py + d*r, px + d*c) only reads inputs of the same sub-lattice, where the convolution is undilated.
 #pragma once
-#include "conv/layout.h"
+#include "common/layout.h"
 #include <vector>
 
 #include "conv/conv.h"
@@ -47,8 +47,8 @@ APNT_HD void winograd_filter_1d(const T* g, int s, T* u, int su) {
   u[5 * su] = g2;
 }
 
-// The adjoints (transposes) of the two maps above, for the weight gradient: m = A y (6 from the 4 of
-// winograd_output_1d's y), and g = G^T u (3 from the 6 of winograd_filter_1d's u).
+// The adjoint (transpose) of winograd_output_1d, for the weight gradient: m = A y (6 from the 4 of its y). The
+// filter transform's adjoint is the transpose of its matrix (winograd_cpu.cpp).
 template <typename T>
 APNT_HD void winograd_output_adjoint_1d(const T* y, int s, T* m, int sm) {
   const T y0 = y[0], y1 = y[s], y2 = y[2 * s], y3 = y[3 * s];
@@ -61,13 +61,6 @@ APNT_HD void winograd_output_adjoint_1d(const T* y, int s, T* m, int sm) {
   m[5 * sm] = y3;
 }
 
-template <typename T>
-APNT_HD void winograd_filter_adjoint_1d(const T* u, int s, T* g, int sg) {
-  const T u0 = u[0], u1 = u[s], u2 = u[2 * s], u3 = u[3 * s], u4 = u[4 * s], u5 = u[5 * s];
-  g[0] = u0 / T(4) - (u1 + u2) / T(6) + (u3 + u4) / T(24);
-  g[sg] = (u2 - u1) / T(6) + (u3 - u4) / T(12);
-  g[2 * sg] = (u3 + u4 - u1 - u2) / T(6) + u5;
-}
 
 namespace cpu {
 

@@ -186,26 +186,33 @@ void ActivationEpilogue::apply(const OutputTile& tile, int64_t o0, int lanes, La
     }
 }
 
-at::Tensor winograd_filter(const at::Tensor& w, bool for_grad_input) {
-  // Computed in fp64 (the 1/6 and 1/24 factors would otherwise round twice), read straight from fp32.
-  const at::Tensor wc = w.contiguous();
-  const int64_t O = w.size(0), K = w.size(1);
-  at::Tensor U = at::empty(for_grad_input ? at::IntArrayRef{kPoints, O, K} : at::IntArrayRef{kPoints, K, O},
-                           w.options().dtype(at::kFloat));
-  const float* g = wc.data_ptr<float>();
-  float* u = U.data_ptr<float>();
-  at::parallel_for(0, O * K, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t ok = begin; ok < end; ++ok) {
-      const int64_t o = ok / K, k = ok % K;
-      double f[9], t[kIn * 3], r[kPoints];
-      for (int i = 0; i < 9; ++i) f[i] = g[ok * 9 + (for_grad_input ? 8 - i : i)];  // flipped for grad input
-      for (int j = 0; j < 3; ++j) winograd_filter_1d(f + j, 3, t + j, 3);              // G g: 6x3
-      for (int i = 0; i < kIn; ++i) winograd_filter_1d(t + i * 3, 1, r + i * kIn, 1);  // (G g) G^T: 6x6
-      for (int p = 0; p < kPoints; ++p)
-        u[for_grad_input ? (int64_t(p) * O + o) * K + k : (int64_t(p) * K + k) * O + o] = float(r[p]);
+namespace {
+// The filter transform g -> G g G^T as a (9, 36) fp64 matrix: row i*3+j is the transform of the unit filter
+// e_ij, by the same 1-D transforms. Filters then transform as one fp64 GEMM (the 1/6 and 1/24 factors would
+// round twice in fp32; as scalar fp64 divisions per filter they cost more than a small convolution).
+const at::Tensor& filter_transform_matrix() {
+  static const at::Tensor m = [] {
+    at::Tensor t = at::empty({9, kPoints}, at::TensorOptions().dtype(at::kDouble));
+    double* out = t.data_ptr<double>();
+    for (int e = 0; e < 9; ++e) {
+      double f[9] = {}, u[kIn * 3];
+      f[e] = 1.0;
+      for (int j = 0; j < 3; ++j) winograd_filter_1d(f + j, 3, u + j, 3);                    // G g: 6x3
+      for (int i = 0; i < kIn; ++i) winograd_filter_1d(u + i * 3, 1, out + e * kPoints + i * kIn, 1);  // (G g) G^T
     }
-  });
-  return U;
+    return t;
+  }();
+  return m;
+}
+}  // namespace
+
+at::Tensor winograd_filter(const at::Tensor& w, bool for_grad_input) {
+  // (O*K, 9) fp64 filters times the (9, 36) transform, then laid out (36, K, O), or for the input gradient
+  // (36, O, K) of the spatially flipped filters.
+  const int64_t O = w.size(0), K = w.size(1);
+  const at::Tensor g = (for_grad_input ? w.flip({2, 3}) : w).to(at::kDouble).reshape({O * K, 9});
+  const at::Tensor u = at::mm(g, filter_transform_matrix()).to(at::kFloat).view({O, K, kPoints});
+  return for_grad_input ? u.permute({2, 0, 1}).contiguous() : u.permute({2, 1, 0}).contiguous();
 }
 
 bool winograd_applicable(const std::vector<at::Tensor>& inputs, const at::Tensor& w) {
@@ -311,21 +318,10 @@ at::Tensor winograd_grad_weight(const std::vector<at::Tensor>& inputs, const at:
         acc.baddbmm_(V.transpose(1, 2), Z);
     }
   });
-  const at::Tensor dU_sum = (threads == 1 ? dU[0] : dU.sum(0)).contiguous();
-  // w = G^T dU G per (o, k), in fp64 like the forward filter transform.
-  at::Tensor gw = at::empty({O, K, 3, 3}, grad_z.options());
-  const float* u = dU_sum.data_ptr<float>();
-  float* g = gw.data_ptr<float>();
-  at::parallel_for(0, O * K, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t ok = begin; ok < end; ++ok) {
-      const int64_t o = ok / K, k = ok % K;
-      double r[kPoints], t[kIn * 3], f[9];
-      for (int p = 0; p < kPoints; ++p) r[p] = u[(int64_t(p) * K + k) * O + o];
-      for (int i = 0; i < kIn; ++i) winograd_filter_adjoint_1d(r + i * kIn, 1, t + i * 3, 1);  // rows: 6 -> 3
-      for (int j = 0; j < 3; ++j) winograd_filter_adjoint_1d(t + j, 3, f + j, 3);              // columns
-      for (int i = 0; i < 9; ++i) g[ok * 9 + i] = float(f[i]);
-    }
-  });
+  // w = G^T dU G per (o, k): the adjoint of the filter transform, i.e. its matrix transposed, in fp64.
+  const at::Tensor dU_sum = threads == 1 ? dU[0] : dU.sum(0);                         // (36, K, O)
+  const at::Tensor du = dU_sum.permute({2, 1, 0}).to(at::kDouble).reshape({O * K, kPoints});
+  const at::Tensor gw = at::mm(du, filter_transform_matrix().t()).to(at::kFloat).view({O, K, 3, 3});
   return gw;
 }
 

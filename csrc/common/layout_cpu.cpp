@@ -1,4 +1,4 @@
-#include "conv/layout.h"
+#include "common/layout.h"
 
 #include <ATen/Parallel.h>
 
@@ -15,8 +15,6 @@
 #endif
 
 namespace apnt {
-namespace conv {
-namespace cpu {
 namespace {
 
 constexpr int64_t kB = 16;  // block edge: one AVX-512 vector of floats
@@ -71,44 +69,56 @@ BlockFn block_fn() {
   return transpose_block_scalar;
 }
 
-// Per image: (rows_total x cols_total) row-major src -> its transpose in dst, in 16 x 16 blocks. Jobs are strips
-// of 16 source columns (all rows), so each job writes whole destination rows.
-void transpose_images(const float* src, float* dst, int64_t images, int64_t rows_total, int64_t cols_total) {
+// Per image: the (rows_total x cols_total) matrix at src (row stride src_row, images src_image apart) -> its
+// transpose, dense, in dst. 16 x 16 blocks; jobs are strips of 16 source columns (all rows), so each job writes
+// whole destination rows.
+void transpose_images(const float* src, int64_t src_image, int64_t src_row, float* dst, int64_t images,
+                      int64_t rows_total, int64_t cols_total) {
   const BlockFn fn = block_fn();
   const int64_t strips = (cols_total + kB - 1) / kB, plane = rows_total * cols_total;
   at::parallel_for(0, images * strips, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t n = job / strips, j0 = (job % strips) * kB;
       const int cols = int(std::min(kB, cols_total - j0));
-      const float* s = src + n * plane + j0;
+      const float* s = src + n * src_image + j0;
       float* d = dst + n * plane + j0 * rows_total;
       for (int64_t i0 = 0; i0 < rows_total; i0 += kB)
-        fn(s + i0 * cols_total, cols_total, int(std::min(kB, rows_total - i0)), cols, d + i0, rows_total);
+        fn(s + i0 * src_row, src_row, int(std::min(kB, rows_total - i0)), cols, d + i0, rows_total);
     }
   });
+}
+
+// Pixels of t (N, C, H, W) `step` floats apart with channels adjacent: channels_last, or a channel slice of it.
+bool pixel_major(const at::Tensor& t, int64_t& step) {
+  const int64_t W = t.size(3);
+  step = t.stride(2) / std::max<int64_t>(W, 1);
+  return t.stride(1) == 1 && t.stride(3) == step && t.stride(2) == W * step && step >= t.size(1) &&
+         t.stride(0) >= t.size(2) * W * step;
 }
 
 }  // namespace
 
 at::Tensor channels_last_fast(const at::Tensor& t) {
-  if (t.is_contiguous(at::MemoryFormat::ChannelsLast) || !t.is_contiguous() || t.scalar_type() != at::kFloat)
+  if (t.is_contiguous(at::MemoryFormat::ChannelsLast) || !t.is_contiguous() || t.scalar_type() != at::kFloat ||
+      !t.is_cpu() || t.numel() == 0)
     return t;  // channels_last already, or strides the transforms read as they are
   at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
   // NCHW image: a (C, HW) matrix; channels_last: its transpose (HW, C).
-  transpose_images(t.data_ptr<float>(), out.data_ptr<float>(), t.size(0), t.size(1), t.size(2) * t.size(3));
+  const int64_t C = t.size(1), HW = t.size(2) * t.size(3);
+  transpose_images(t.data_ptr<float>(), C * HW, HW, out.data_ptr<float>(), t.size(0), C, HW);
   return out;
 }
 
 at::Tensor to_format_fast(const at::Tensor& t, at::MemoryFormat format) {
   if (t.is_contiguous(format)) return t;
-  if (format != at::MemoryFormat::Contiguous || t.scalar_type() != at::kFloat ||
-      !t.is_contiguous(at::MemoryFormat::ChannelsLast))
+  int64_t step = 0;
+  if (format != at::MemoryFormat::Contiguous || t.scalar_type() != at::kFloat || !t.is_cpu() || t.numel() == 0 ||
+      !pixel_major(t, step))
     return t.contiguous(format);
   at::Tensor out = at::empty(t.sizes(), t.options());
-  transpose_images(t.data_ptr<float>(), out.data_ptr<float>(), t.size(0), t.size(2) * t.size(3), t.size(1));
+  const int64_t C = t.size(1), HW = t.size(2) * t.size(3);
+  transpose_images(t.data_ptr<float>(), t.stride(0), step, out.data_ptr<float>(), t.size(0), HW, C);
   return out;
 }
 
-}  // namespace cpu
-}  // namespace conv
 }  // namespace apnt
