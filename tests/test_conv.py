@@ -160,7 +160,8 @@ def test_aten_gemm_engine_matches_reference():
     env = {**os.environ, "APNT_WINOGRAD_GEMM": "aten"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
            "-k", "winograd_gemm_engine_matches_reference or own_gemm_runs"]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent)
+    # From the repo root: apnt imports from there even when it is only built in place (make sanitize).
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert f"{len(GEMM_SAMPLES) + 1} passed" in run.stdout, run.stdout[-2000:]
 

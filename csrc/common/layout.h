@@ -16,4 +16,8 @@ at::Tensor channels_last_fast(const at::Tensor& t);
 // channel slice of it) by the blocked transpose; anything else through ATen.
 at::Tensor to_format_fast(const at::Tensor& t, at::MemoryFormat format);
 
+// dst = src for NCHW-contiguous float32 src and a channels_last dst (or a channel slice of one): the dense
+// block's input written into its buffer. False (nothing written) for any other operands.
+bool copy_nchw_into_pixel_major(const at::Tensor& src, at::Tensor& dst);
+
 }  // namespace apnt

@@ -70,20 +70,20 @@ BlockFn block_fn() {
 }
 
 // Per image: the (rows_total x cols_total) matrix at src (row stride src_row, images src_image apart) -> its
-// transpose, dense, in dst. 16 x 16 blocks; jobs are strips of 16 source columns (all rows), so each job writes
-// whole destination rows.
-void transpose_images(const float* src, int64_t src_image, int64_t src_row, float* dst, int64_t images,
-                      int64_t rows_total, int64_t cols_total) {
+// transpose at dst (row stride dst_row, images dst_image apart). 16 x 16 blocks; jobs are strips of 16 source
+// columns (all rows), so each job writes whole destination rows.
+void transpose_images(const float* src, int64_t src_image, int64_t src_row, float* dst, int64_t dst_image,
+                      int64_t dst_row, int64_t images, int64_t rows_total, int64_t cols_total) {
   const BlockFn fn = block_fn();
-  const int64_t strips = (cols_total + kB - 1) / kB, plane = rows_total * cols_total;
+  const int64_t strips = (cols_total + kB - 1) / kB;
   at::parallel_for(0, images * strips, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t n = job / strips, j0 = (job % strips) * kB;
       const int cols = int(std::min(kB, cols_total - j0));
       const float* s = src + n * src_image + j0;
-      float* d = dst + n * plane + j0 * rows_total;
+      float* d = dst + n * dst_image + j0 * dst_row;
       for (int64_t i0 = 0; i0 < rows_total; i0 += kB)
-        fn(s + i0 * src_row, src_row, int(std::min(kB, rows_total - i0)), cols, d + i0, rows_total);
+        fn(s + i0 * src_row, src_row, int(std::min(kB, rows_total - i0)), cols, d + i0, dst_row);
     }
   });
 }
@@ -105,7 +105,7 @@ at::Tensor channels_last_fast(const at::Tensor& t) {
   at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
   // NCHW image: a (C, HW) matrix; channels_last: its transpose (HW, C).
   const int64_t C = t.size(1), HW = t.size(2) * t.size(3);
-  transpose_images(t.data_ptr<float>(), C * HW, HW, out.data_ptr<float>(), t.size(0), C, HW);
+  transpose_images(t.data_ptr<float>(), C * HW, HW, out.data_ptr<float>(), C * HW, C, t.size(0), C, HW);
   return out;
 }
 
@@ -117,8 +117,19 @@ at::Tensor to_format_fast(const at::Tensor& t, at::MemoryFormat format) {
     return t.contiguous(format);
   at::Tensor out = at::empty(t.sizes(), t.options());
   const int64_t C = t.size(1), HW = t.size(2) * t.size(3);
-  transpose_images(t.data_ptr<float>(), t.stride(0), step, out.data_ptr<float>(), t.size(0), HW, C);
+  transpose_images(t.data_ptr<float>(), t.stride(0), step, out.data_ptr<float>(), C * HW, HW, t.size(0), HW, C);
   return out;
+}
+
+bool copy_nchw_into_pixel_major(const at::Tensor& src, at::Tensor& dst) {
+  int64_t step = 0;
+  if (src.scalar_type() != at::kFloat || dst.scalar_type() != at::kFloat || !src.is_cpu() || !dst.is_cpu() ||
+      !src.is_contiguous() || src.sizes() != dst.sizes() || src.numel() == 0 || !pixel_major(dst, step))
+    return false;
+  const int64_t C = src.size(1), HW = src.size(2) * src.size(3);
+  transpose_images(src.data_ptr<float>(), C * HW, HW, dst.data_ptr<float>(), dst.stride(0), step, src.size(0), C,
+                   HW);
+  return true;
 }
 
 }  // namespace apnt

@@ -62,6 +62,9 @@ APNT_DENSE_LAUNCHERS
 // Layer i straight into its buffer slice through Winograd (float32 3x3); false when that does not apply.
 bool layer_forward(const at::Tensor& prefix, const at::Tensor& w, const at::Tensor& b, int64_t dilation,
                    at::Tensor& slice);
+// The 1x1 fusion with bias and residual as one GEMM into `out` (float32); false when that does not apply.
+bool fuse_forward(const at::Tensor& buffer, const at::Tensor& fuse_weight, const at::Tensor& fuse_bias,
+                  at::Tensor& out);
 }  // namespace cpu
 #ifdef APNT_WITH_CUDA
 namespace cuda {

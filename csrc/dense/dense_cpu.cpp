@@ -10,6 +10,10 @@ namespace dense {
 namespace cpu {
 
 void slice_copy(const at::Tensor& src, at::Tensor& buffer, int64_t c0, bool accumulate) {
+  if (!accumulate && !grid_emulation_enabled() && src.is_contiguous()) {  // NCHW x: one transpose into the slice
+    at::Tensor slice = buffer.narrow(1, c0, src.size(1));
+    if (copy_nchw_into_pixel_major(src, slice)) return;
+  }
   slice_copy_impl(src, buffer, c0, accumulate, CpuLauncher{});
 }
 
@@ -27,6 +31,21 @@ bool layer_forward(const at::Tensor& prefix, const at::Tensor& w, const at::Tens
   if (grid_emulation_enabled() || !conv::cpu::winograd_applicable({prefix}, w)) return false;
   conv::cpu::winograd_conv3x3({prefix}, conv::cpu::winograd_filter(w), b, dilation,
                               conv::cpu::ActivationEpilogue(conv::cpu::plane_of(slice), conv::Activation::kRelu, 0.f));
+  return true;
+}
+
+bool fuse_forward(const at::Tensor& buffer, const at::Tensor& fuse_weight, const at::Tensor& fuse_bias,
+                  at::Tensor& out) {
+  // float32 only, where the layers run as Winograd: there a non-finite x already poisons its tiles, so folding
+  // changes no documented result. Under grid emulation the CPU runs what CUDA runs (GEMM, then bias_residual_).
+  if (grid_emulation_enabled() || buffer.scalar_type() != at::kFloat) return false;
+  // out = W buffer + b + x = (W + [I 0]) buffer + b: the residual folded into the weight, the bias as the GEMM's
+  // C operand, so no pass over the output follows the GEMM.
+  const int64_t C = out.size(1), total = buffer.size(1);
+  at::Tensor w = fuse_weight.reshape({C, total}).to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  w.narrow(1, 0, C).diagonal().add_(1.f);
+  at::Tensor out2d = out.permute({0, 2, 3, 1}).view({-1, C});
+  at::addmm_out(out2d, fuse_bias.to(at::kFloat), buffer.permute({0, 2, 3, 1}).reshape({-1, total}), w.t());
   return true;
 }
 

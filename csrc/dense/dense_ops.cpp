@@ -77,9 +77,11 @@ std::tuple<at::Tensor, at::Tensor> dense_block_fwd(const at::Tensor& x, at::Tens
   fill_buffer(x, weights, biases, dilation, buffer);
   // 1x1 fusion: one GEMM over the whole buffer, then bias and the residual (x = the buffer's first slice).
   at::Tensor out = new_buffer(x, C);
-  at::Tensor out2d = out.permute({0, 2, 3, 1}).view({-1, C});
-  at::mm_out(out2d, pixels(buffer), fuse_weight.reshape({C, -1}).t());
-  bias_residual_(out, fuse_bias, buffer.narrow(1, 0, C));
+  if (!(x.is_cpu() && cpu::fuse_forward(buffer, fuse_weight, fuse_bias, out))) {
+    at::Tensor out2d = out.permute({0, 2, 3, 1}).view({-1, C});
+    at::mm_out(out2d, pixels(buffer), fuse_weight.reshape({C, -1}).t());
+    bias_residual_(out, fuse_bias, buffer.narrow(1, 0, C));
+  }
   // checkpoint=True keeps only x (an input): the buffer is rebuilt in backward.
   return {out, checkpoint ? at::empty({0}, x.options()) : buffer};
 }
