@@ -98,14 +98,24 @@ bool pixel_major(const at::Tensor& t, int64_t& step) {
 
 }  // namespace
 
+bool copy_nchw_into_pixel_major(const at::Tensor& src, at::Tensor& dst) {
+  int64_t step = 0;
+  if (src.scalar_type() != at::kFloat || dst.scalar_type() != at::kFloat || !src.is_cpu() || !dst.is_cpu() ||
+      !src.is_contiguous() || src.sizes() != dst.sizes() || src.numel() == 0 || !pixel_major(dst, step))
+    return false;
+  // NCHW image: a (C, HW) matrix; pixel-major: its transpose (HW, C), pixels `step` floats apart.
+  const int64_t C = src.size(1), HW = src.size(2) * src.size(3);
+  transpose_images(src.data_ptr<float>(), C * HW, HW, dst.data_ptr<float>(), dst.stride(0), step, src.size(0), C,
+                   HW);
+  return true;
+}
+
 at::Tensor channels_last_fast(const at::Tensor& t) {
   if (t.is_contiguous(at::MemoryFormat::ChannelsLast) || !t.is_contiguous() || t.scalar_type() != at::kFloat ||
       !t.is_cpu() || t.numel() == 0)
     return t;  // channels_last already, or strides the transforms read as they are
   at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
-  // NCHW image: a (C, HW) matrix; channels_last: its transpose (HW, C).
-  const int64_t C = t.size(1), HW = t.size(2) * t.size(3);
-  transpose_images(t.data_ptr<float>(), C * HW, HW, out.data_ptr<float>(), C * HW, C, t.size(0), C, HW);
+  TORCH_INTERNAL_ASSERT(copy_nchw_into_pixel_major(t, out));
   return out;
 }
 
@@ -119,17 +129,6 @@ at::Tensor to_format_fast(const at::Tensor& t, at::MemoryFormat format) {
   const int64_t C = t.size(1), HW = t.size(2) * t.size(3);
   transpose_images(t.data_ptr<float>(), t.stride(0), step, out.data_ptr<float>(), C * HW, HW, t.size(0), HW, C);
   return out;
-}
-
-bool copy_nchw_into_pixel_major(const at::Tensor& src, at::Tensor& dst) {
-  int64_t step = 0;
-  if (src.scalar_type() != at::kFloat || dst.scalar_type() != at::kFloat || !src.is_cpu() || !dst.is_cpu() ||
-      !src.is_contiguous() || src.sizes() != dst.sizes() || src.numel() == 0 || !pixel_major(dst, step))
-    return false;
-  const int64_t C = src.size(1), HW = src.size(2) * src.size(3);
-  transpose_images(src.data_ptr<float>(), C * HW, HW, dst.data_ptr<float>(), dst.stride(0), step, src.size(0), C,
-                   HW);
-  return true;
 }
 
 }  // namespace apnt
