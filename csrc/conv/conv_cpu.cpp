@@ -150,8 +150,10 @@ at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, c
   const at::Tensor x = inputs.size() == 1 ? x0 : at::cat(inputs, 1);
   const auto dtype = x.scalar_type();
   if (dtype == at::kFloat || dtype == at::kBFloat16) {
-    // oneDNN's relu post-op (alpha = 0) maps NaN to 0; F.relu keeps it. That one runs as our epilogue.
-    const bool hides_nan = act == Activation::kRelu || (act == Activation::kLeakyRelu && slope == 0.0);
+    // oneDNN's relu post-op (alpha = 0) maps NaN to 0, and so does its sigmoid post-op in some kernels (a 1x1
+    // map with a 5x5 filter); F.relu and torch.sigmoid keep NaN. Those run as our epilogue.
+    const bool hides_nan = act == Activation::kRelu || act == Activation::kSigmoid ||
+                           (act == Activation::kLeakyRelu && slope == 0.0);
     at::Tensor out = onednn_conv(channels_last_view(x), w.contiguous(), b, dilation,
                                  hides_nan ? Activation::kNone : act, slope)
                          .contiguous(at::MemoryFormat::ChannelsLast);
