@@ -3,6 +3,7 @@
 
 #include "attention/attention_epilogue.h"
 #include "common/grid_cpu.h"
+#include "common/memory.h"
 #include "conv/winograd.h"
 
 
@@ -72,7 +73,7 @@ bool fused_applies(const std::vector<at::Tensor>& inputs, const at::Tensor& w) {
 }
 
 at::Tensor empty_cl(const at::Tensor& like) {
-  return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::ChannelsLast));
+  return empty_large(like.sizes(), like.options().memory_format(at::MemoryFormat::ChannelsLast));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "attention/attention.h"
 #include "common/operands.h"
+#include "common/memory.h"
 
 namespace apnt {
 namespace attention {
@@ -14,7 +15,7 @@ template <typename Launch>
 at::Tensor gate_forward_impl(const at::Tensor& x, const at::Tensor& s, Launch launch) {
   const auto fmt = at::MemoryFormat::ChannelsLast;
   const at::Tensor xc = in_format(x, fmt), sc = in_format(s, fmt);
-  at::Tensor out = at::empty_like(sc, fmt);
+  at::Tensor out = empty_large_like(sc, fmt);
   APNT_DISPATCH_FLOATING(s.scalar_type(), "apnt_gate_forward", [&] {
     GateForwardBody<scalar_t, at::opmath_type<scalar_t>> body;
     body.n = out.numel();
@@ -32,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> gate_backward_impl(const at::Tensor& g, const
   const auto fmt = at::MemoryFormat::ChannelsLast;
   const at::Tensor gc = in_format(g, fmt), xc = in_format(x, fmt), sc = in_format(s, fmt);
   const at::Tensor gac = g_att.defined() ? in_format(g_att, fmt) : at::Tensor();
-  at::Tensor gx = at::empty_like(sc, fmt), gz = at::empty_like(sc, fmt);
+  at::Tensor gx = empty_large_like(sc, fmt), gz = empty_large_like(sc, fmt);
   APNT_DISPATCH_FLOATING(s.scalar_type(), "apnt_gate_backward", [&] {
     GateBackwardBody<scalar_t, at::opmath_type<scalar_t>> body;
     body.n = gx.numel();
@@ -51,7 +52,7 @@ template <typename Launch>
 at::Tensor blend_forward_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a, Launch launch) {
   const auto fmt = at::MemoryFormat::ChannelsLast;
   const at::Tensor xc = in_format(x, fmt), yc = in_format(y, fmt), ac = in_format(a, fmt);
-  at::Tensor out = at::empty_like(ac, fmt);
+  at::Tensor out = empty_large_like(ac, fmt);
   APNT_DISPATCH_FLOATING(a.scalar_type(), "apnt_blend_forward", [&] {
     BlendForwardBody<scalar_t, at::opmath_type<scalar_t>> body;
     body.n = out.numel();
@@ -71,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_impl(const at::Ten
   const auto fmt = at::MemoryFormat::ChannelsLast;
   const at::Tensor gc = in_format(g, fmt), xc = in_format(x, fmt), yc = in_format(y, fmt), ac = in_format(a, fmt);
   const at::Tensor gac = g_att.defined() ? in_format(g_att, fmt) : at::Tensor();
-  at::Tensor gx = at::empty_like(ac, fmt), gy = at::empty_like(ac, fmt), gz = at::empty_like(ac, fmt);
+  at::Tensor gx = empty_large_like(ac, fmt), gy = empty_large_like(ac, fmt), gz = empty_large_like(ac, fmt);
   APNT_DISPATCH_FLOATING(a.scalar_type(), "apnt_blend_backward", [&] {
     BlendBackwardBody<scalar_t, at::opmath_type<scalar_t>> body;
     body.n = gx.numel();

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "common/cpu_features.h"
+#include "common/memory.h"
 
 #ifdef APNT_HAVE_X86_AVX512
 #include <immintrin.h>
@@ -114,7 +115,7 @@ at::Tensor channels_last_fast(const at::Tensor& t) {
   if (t.is_contiguous(at::MemoryFormat::ChannelsLast) || !t.is_contiguous() || t.scalar_type() != at::kFloat ||
       !t.is_cpu() || t.numel() == 0)
     return t;  // channels_last already, or strides the transforms read as they are
-  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out = empty_large(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
   TORCH_INTERNAL_ASSERT(copy_nchw_into_pixel_major(t, out));
   return out;
 }
@@ -125,7 +126,7 @@ at::Tensor to_format_fast(const at::Tensor& t, at::MemoryFormat format) {
   if (format != at::MemoryFormat::Contiguous || t.scalar_type() != at::kFloat || !t.is_cpu() || t.numel() == 0 ||
       !pixel_major(t, step))
     return t.contiguous(format);
-  at::Tensor out = at::empty(t.sizes(), t.options());
+  at::Tensor out = empty_large(t.sizes(), t.options());
   const int64_t C = t.size(1), HW = t.size(2) * t.size(3);
   transpose_images(t.data_ptr<float>(), t.stride(0), step, out.data_ptr<float>(), C * HW, HW, t.size(0), HW, C);
   return out;

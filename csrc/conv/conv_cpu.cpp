@@ -7,6 +7,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "common/grid_cpu.h"
+#include "common/memory.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors stay inside this file
 #include "conv/conv_epilogue.h"
@@ -119,7 +120,7 @@ at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& y, Acti
     return activation_backward_impl(grad, y, act, slope, CpuLauncher{});  // also where the checks live
   const auto fmt = at::MemoryFormat::ChannelsLast;
   const at::Tensor gc = channels_last_fast(grad).contiguous(fmt), yc = y.contiguous(fmt);
-  at::Tensor gz = at::empty_like(gc, fmt);
+  at::Tensor gz = empty_large_like(gc, fmt);
   if (mask)
     activation_grad_float(gc.data_ptr<float>(), yc.data_ptr<bool>(), gz.data_ptr<float>(), gz.numel(), act,
                           float(slope));
@@ -142,7 +143,7 @@ at::Tensor forward(const std::vector<at::Tensor>& inputs, const at::Tensor& w, c
     return out;
   }
   if (winograd_applicable(inputs, w)) {
-    at::Tensor out = at::empty({x0.size(0), w.size(0), x0.size(2), x0.size(3)},
+    at::Tensor out = empty_large({x0.size(0), w.size(0), x0.size(2), x0.size(3)},
                                x0.options().memory_format(at::MemoryFormat::ChannelsLast));
     winograd_conv3x3(inputs, winograd_filter(w), b, dilation, ActivationEpilogue(plane_of(out), act, float(slope)));
     return out;
@@ -175,7 +176,7 @@ at::Tensor grad_input_3x3(const at::Tensor& grad_z, const at::Tensor& w, int64_t
   // Computed channels_last (whole-vector stores), then converted to `format` (layout.h).
   const bool accumulate = accumulate_into.defined();
   at::Tensor gx = accumulate ? accumulate_into
-                             : at::empty({grad_z.size(0), w.size(1), grad_z.size(2), grad_z.size(3)},
+                             : empty_large({grad_z.size(0), w.size(1), grad_z.size(2), grad_z.size(3)},
                                          grad_z.options().memory_format(at::MemoryFormat::ChannelsLast));
   winograd_conv3x3({grad_z}, winograd_filter(w, /*for_grad_input=*/true), c10::nullopt, dilation,
                    ActivationEpilogue(plane_of(gx), Activation::kNone, 0.f, accumulate));

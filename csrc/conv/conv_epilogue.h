@@ -1,6 +1,7 @@
 // Host code of the conv epilogues, written once for any launcher (CpuLauncher, CudaLauncher).
 #pragma once
 #include "common/operands.h"
+#include "common/memory.h"
 #include "conv/conv.h"
 
 namespace apnt {
@@ -31,7 +32,7 @@ at::Tensor activation_backward_impl(const at::Tensor& grad, const at::Tensor& y,
   const bool mask = y.scalar_type() == at::kBool;
   TORCH_CHECK(!mask || act == Activation::kRelu || act == Activation::kLeakyRelu,
               "activation_backward: a bool mask of y > 0 stands in for y only for relu and leaky_relu");
-  at::Tensor gz = at::empty_like(gc, fmt);
+  at::Tensor gz = empty_large_like(gc, fmt);
   if (gz.numel() == 0) return gz;
   APNT_DISPATCH_FLOATING(grad.scalar_type(), "apnt_activation_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;

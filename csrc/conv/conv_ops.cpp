@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/memory.h"
 #include "common/operands.h"
 #include "conv/conv.h"
 #include "conv/winograd.h"
@@ -46,7 +47,7 @@ at::Tensor concat_channels_last(const std::vector<at::Tensor>& inputs) {
   int64_t channels = 0;
   for (const auto& t : inputs) channels += t.size(1);
   const at::Tensor& x = inputs.front();
-  at::Tensor out = at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(cl));
+  at::Tensor out = empty_large({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(cl));
   int64_t c0 = 0;
   for (const auto& t : inputs) {
     out.narrow(1, c0, t.size(1)).copy_(t);

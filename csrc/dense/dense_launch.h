@@ -1,6 +1,7 @@
 // Host code of the dense-block bodies, written once for any launcher (CpuLauncher, CudaLauncher).
 #pragma once
 #include "common/operands.h"
+#include "common/memory.h"
 #include "dense/dense.h"
 
 namespace apnt {
@@ -48,7 +49,7 @@ void bias_residual_impl(at::Tensor& out, const at::Tensor& bias, const at::Tenso
 template <typename Launch>
 at::Tensor slice_relu_grad_impl(const at::Tensor& grad_buffer, const at::Tensor& buffer, int64_t c0,
                                 int64_t channels, Launch launch) {
-  at::Tensor gz = at::empty({buffer.size(0), channels, buffer.size(2), buffer.size(3)},
+  at::Tensor gz = empty_large({buffer.size(0), channels, buffer.size(2), buffer.size(3)},
                             buffer.options().memory_format(at::MemoryFormat::ChannelsLast));
   APNT_DISPATCH_FLOATING(buffer.scalar_type(), "apnt_dense_relu_grad", [&] {
     SliceReluGradBody<scalar_t, at::opmath_type<scalar_t>> body;

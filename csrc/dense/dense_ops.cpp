@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/memory.h"
 #include "conv/conv.h"
 #include "dense/dense.h"
 
@@ -65,7 +66,7 @@ void fill_buffer(const at::Tensor& x, at::TensorList weights, at::TensorList bia
 }
 
 at::Tensor new_buffer(const at::Tensor& x, int64_t channels) {
-  return at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  return empty_large({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
 }
 
 std::tuple<at::Tensor, at::Tensor> dense_block_fwd(const at::Tensor& x, at::TensorList weights,
