@@ -18,6 +18,12 @@ bool winograd_gemm_usable(int64_t O);
 // dense row-major, consecutive p `T*K`, `K*O`, `T*O` floats apart. Only when winograd_gemm_usable(O).
 void winograd_gemm(const float* A, const float* B, float* C, int64_t points, int64_t T, int64_t K, int64_t O);
 
+// C (T x O, dense) = bias + A B for A (T x K, rows `lda` floats apart) and B (K x O, dense): a 1x1 convolution
+// over channels_last pixels with its bias (the dense block's fusion), rows split over threads. bias: O floats.
+// Only when winograd_gemm_usable(O).
+void gemm_bias_rows(const float* A, int64_t lda, const float* B, const float* bias, float* C, int64_t T, int64_t K,
+                    int64_t O);
+
 // For p in [0, points): C[p] += A[p]^T B[p] with A[p] (T x K), B[p] (T x O), C[p] (K x O), laid out as above:
 // the weight gradient's reduction over tiles. Only when winograd_gemm_usable(O).
 void winograd_gemm_tn_accumulate(const float* A, const float* B, float* C, int64_t points, int64_t T, int64_t K,

@@ -1,5 +1,8 @@
 #include "conv/winograd_gemm.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -18,12 +21,16 @@ namespace {
 typedef float Vec16 __attribute__((vector_size(64), aligned(4)));
 
 // MR rows x NV*16 columns of C, accumulated over all K in registers (MR*NV + NV of the 32 zmm registers).
+// `init` (NV*16 floats, e.g. a bias) or zeros start every row.
 template <int MR, int NV>
 APNT_AVX512 inline void micro_kernel(const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-                                     int64_t ldc, int64_t K) {
+                                     int64_t ldc, int64_t K, const float* init = nullptr) {
   Vec16 acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NV; ++j) acc[r][j] = Vec16{};
+  for (int j = 0; j < NV; ++j) {
+    Vec16 start = {};
+    if (init) std::memcpy(&start, init + 16 * j, sizeof(Vec16));
+    for (int r = 0; r < MR; ++r) acc[r][j] = start;
+  }
   for (int64_t k = 0; k < K; ++k) {
     Vec16 b[NV];
     for (int j = 0; j < NV; ++j) std::memcpy(&b[j], B + k * ldb + 16 * j, sizeof(Vec16));
@@ -79,29 +86,32 @@ APNT_AVX512 void gemm_tn_avx512(const float* A, const float* B, float* C, int64_
   }
 }
 
-// Rows of C in blocks of MR; columns in blocks of 64, then 32, then 16 (O is a multiple of 16).
+// Rows of C in blocks of MR; columns in blocks of 64, then 32, then 16 (O is a multiple of 16). A's rows lda apart.
 template <int MR>
-APNT_AVX512 inline void row_block(const float* A, const float* B, float* C, int64_t K, int64_t O) {
+APNT_AVX512 inline void row_block(const float* A, int64_t lda, const float* B, float* C, int64_t K, int64_t O,
+                                  const float* bias = nullptr) {
   int64_t o = 0;
-  for (; o + 64 <= O; o += 64) micro_kernel<MR, 4>(A, K, B + o, O, C + o, O, K);
+  auto at = [bias](int64_t o) { return bias ? bias + o : nullptr; };
+  for (; o + 64 <= O; o += 64) micro_kernel<MR, 4>(A, lda, B + o, O, C + o, O, K, at(o));
   if (o + 32 <= O) {
-    micro_kernel<MR, 2>(A, K, B + o, O, C + o, O, K);
+    micro_kernel<MR, 2>(A, lda, B + o, O, C + o, O, K, at(o));
     o += 32;
   }
-  if (o < O) micro_kernel<MR, 1>(A, K, B + o, O, C + o, O, K);
+  if (o < O) micro_kernel<MR, 1>(A, lda, B + o, O, C + o, O, K, at(o));
+}
+
+constexpr int kRows = 6;
+
+APNT_AVX512 void rows_avx512(const float* A, int64_t lda, const float* B, float* C, int64_t T, int64_t K, int64_t O,
+                             const float* bias) {
+  int64_t t = 0;
+  for (; t + kRows <= T; t += kRows) row_block<kRows>(A + t * lda, lda, B, C + t * O, K, O, bias);
+  for (; t < T; ++t) row_block<1>(A + t * lda, lda, B, C + t * O, K, O, bias);
 }
 
 APNT_AVX512 void gemm_avx512(const float* A, const float* B, float* C, int64_t points, int64_t T, int64_t K,
                              int64_t O) {
-  constexpr int kRows = 6;
-  for (int64_t p = 0; p < points; ++p) {
-    const float* a = A + p * T * K;
-    const float* b = B + p * K * O;
-    float* c = C + p * T * O;
-    int64_t t = 0;
-    for (; t + kRows <= T; t += kRows) row_block<kRows>(a + t * K, b, c + t * O, K, O);
-    for (; t < T; ++t) row_block<1>(a + t * K, b, c + t * O, K, O);
-  }
+  for (int64_t p = 0; p < points; ++p) rows_avx512(A + p * T * K, K, B + p * K * O, C + p * T * O, T, K, O, nullptr);
 }
 
 #endif
@@ -127,6 +137,19 @@ void winograd_gemm(const float* A, const float* B, float* C, int64_t points, int
   gemm_avx512(A, B, C, points, T, K, O);
 #else
   (void)A, (void)B, (void)C, (void)points, (void)T, (void)K, (void)O;
+#endif
+}
+
+void gemm_bias_rows(const float* A, int64_t lda, const float* B, const float* bias, float* C, int64_t T, int64_t K,
+                    int64_t O) {
+#ifdef APNT_HAVE_AVX512_GEMM
+  // Blocks of 96 rows (16 register blocks): B (K x O) stays in L2 while each thread streams its rows of A.
+  at::parallel_for(0, (T + 95) / 96, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t t0 = b0 * 96, t1 = std::min(T, b1 * 96);
+    rows_avx512(A + t0 * lda, lda, B, C + t0 * O, t1 - t0, K, O, bias);
+  });
+#else
+  (void)A, (void)lda, (void)B, (void)bias, (void)C, (void)T, (void)K, (void)O;
 #endif
 }
 
