@@ -137,6 +137,14 @@ def test_float32_medium(emulate, threads):
         _compare(s, s.make(torch.float32), "f32", checkpoint=emulate)
 
 
+@pytest.mark.parametrize("channels", [32, 48, 80])
+def test_float32_fusion_gemm_widths(channels):
+    # C a multiple of 16: the 1x1 fusion runs as our bias-started GEMM (column blocks of 64/32/16, a tail of
+    # fewer than 6 rows: 2*7*5 = 70 pixels).
+    s = DenseSample(2, channels, 4, 2, 7, 5, 2)
+    _compare(s, s.make(torch.float32), "f32", checkpoint=False)
+
+
 @pytest.mark.parametrize("dtype", LOWP, ids=str)
 def test_low_precision_flash_attention_recipe(dtype):
     s = DenseSample(2, 4, 3, 2, 5, 6, 2)
