@@ -9,6 +9,7 @@ only when it is the only one).
     stops where its estimated peak would exceed --ref-limit-gb (the Nq x Nk score matrix and its masks).
     Writes bench/results/match_scaling.png (time and memory vs map size, log axes).
   * match64: 64x64 vs 64x64 global, native vs reference, interleaved rounds in fresh processes.
+  * radius: 250x375 vs 250x375 with radius=16 (the windowed search of DESIGN §3.3), native, fresh processes.
   * transfer: patch_transfer scale 4, patch 3, Cv=64, HxW indices (random in [-1, H*W)) into an
     (H*4)x(W*4) value; 250x375 indices / 1000x1500 value unless reference would need more than
     --transfer-limit-gb, then a smaller size where it fits.
@@ -39,18 +40,19 @@ TRANSFER_SIZES = [(250, 375), (180, 270), (125, 188)]
 BENCH_MATCH_SIZES = [(32, 32), (64, 64)]       # bench/bench_match.py (pytest-benchmark)
 BENCH_TRANSFER_SIZES = [(125, 188)]
 SECTION = "## patch correspondence (issue 4)"
+RADIUS, RADIUS_SIZE = 16, (250, 375)
 
 
 # ---- cases (also used by bench/bench_match.py) ----------------------------------------------------------------------
 
-def setup_match(size, backend, c=C, seed=0):
+def setup_match(size, backend, c=C, seed=0, radius=None):
     import torch
     import apnt.ops
     g = torch.Generator().manual_seed(seed)
     h, w = size
     q = torch.randn(1, c, h, w, generator=g)
     k = torch.randn(1, c, h, w, generator=g)
-    return lambda: apnt.ops.patch_match(q, k, patch_size=PATCH, backend=backend)
+    return lambda: apnt.ops.patch_match(q, k, patch_size=PATCH, radius=radius, backend=backend)
 
 
 def setup_transfer(size, backend, cv=CV, scale=SCALE, seed=0):
@@ -74,7 +76,10 @@ def _rss_now() -> int:
 
 
 def child(kind: str, h: int, w: int, backend: str, calls: int) -> dict:
-    run = (setup_match if kind == "match" else setup_transfer)((h, w), backend)
+    if kind == "transfer":
+        run = setup_transfer((h, w), backend)
+    else:
+        run = setup_match((h, w), backend, radius=RADIUS if kind == "radius" else None)
     base = _rss_now()
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times = []
@@ -169,6 +174,15 @@ def interleaved(kind, size, rounds, calls, timeout) -> dict:
     return res
 
 
+def radius_runs(args) -> dict:
+    runs = [spawn("radius", RADIUS_SIZE, "native", calls=args.calls, timeout=args.timeout) for _ in range(args.rounds)]
+    res = {"size": list(RADIUS_SIZE), "radius": RADIUS, "runs": runs}
+    if all("time" in r for r in runs):
+        res.update(time_median=statistics.median(r["time"] for r in runs),
+                   rss_inc_median=statistics.median(r["rss_inc"] for r in runs))
+    return res
+
+
 def transfer(args) -> dict:
     skipped = []
     for size in args.transfer_sizes:
@@ -259,6 +273,17 @@ def markdown(res: dict) -> str:
               if cell["reference"][2] and cell["native"][2] else "–")
         L.append(f"| {s[0]}×{s[1]} | {cell['reference'][0]} | {cell['reference'][1]} | {cell['native'][0]} | "
                  f"{cell['native'][1]} | {sp} |")
+    big = next((r for r in res["scaling"] if tuple(r["size"]) == RADIUS_SIZE and r["backend"] == "native"), None)
+    if big and "time" in big:
+        L += ["", f"250×375 global (relu3_1 of a 1500×1000 photo), native: **{big['time']:.1f} s** (target ≤ 60 s: "
+                  f"{'met' if big['time'] <= 60 else 'NOT met'}), peak RSS increase **{_mib(big['rss_inc'])}** (target "
+                  f"≤ 1 GB: {'met' if big['rss_inc'] <= 2**30 else 'NOT met'})."]
+    rr = res.get("radius", {})
+    if "time_median" in rr:
+        each = ", ".join(f"{r['time']:.2f}" for r in rr["runs"])
+        L += ["", f"250×375 with radius={rr['radius']}, native, {len(rr['runs'])} fresh processes ({each} s): "
+                  f"median **{rr['time_median']:.2f} s** (target ≤ 5 s: {'met' if rr['time_median'] <= 5 else 'NOT met'}), "
+                  f"peak RSS increase {_mib(rr['rss_inc_median'])}."]
     L += ["", "![match_scaling](bench/results/match_scaling.png)", ""]
 
     def ratio_block(title, r, target_note):
@@ -308,7 +333,7 @@ def write_md(path: pathlib.Path, section: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", nargs=5, metavar=("KIND", "H", "W", "BACKEND", "CALLS"), help=argparse.SUPPRESS)
-    p.add_argument("--only", default="scaling,match64,transfer", help="comma list of parts")
+    p.add_argument("--only", default="scaling,match64,radius,transfer", help="comma list of parts")
     p.add_argument("--quick", action="store_true", help="small sizes only, 3 rounds of 1 call")
     p.add_argument("--calls", type=int, default=2, help="calls per process (first gives the memory figure)")
     p.add_argument("--rounds", type=int, default=3)
@@ -335,8 +360,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         parts = args.only.split(",")
         res = {"machine": machine()}
-        prev = json.loads(args.json.read_text()) if args.json.exists() and len(parts) < 3 else {}
-        for part in ("scaling", "match64", "transfer"):
+        prev = json.loads(args.json.read_text()) if args.json.exists() and len(parts) < 4 else {}
+        for part in ("scaling", "match64", "radius", "transfer"):
             if part not in parts:
                 if part in prev:
                     res[part] = prev[part]
@@ -346,6 +371,8 @@ def main(argv=None) -> int:
                 res["scaling"] = scaling(args)
             elif part == "match64":
                 res["match64"] = interleaved("match", (64, 64), args.rounds, args.calls, args.timeout)
+            elif part == "radius":
+                res["radius"] = radius_runs(args)
             else:
                 res["transfer"] = transfer(args)
         res["elapsed_s"] = time.perf_counter() - t0 + (prev.get("elapsed_s", 0) if prev else 0)

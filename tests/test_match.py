@@ -96,6 +96,7 @@ MATCH_SAMPLES = [
     MatchSample(1, 3, 7, 8, 7, 8, patch=5, radius=1),
     MatchSample(1, 3, 6, 7, 6, 7, patch=1, radius=1, mask=0.5),
     MatchSample(2, 3, 1, 1, 1, 1, radius=1),
+    MatchSample(2, 40, 19, 37, 21, 35),         # float32 NCHW tiles gathered by 16x16 transposes: full and partial
 ]
 
 

@@ -20,4 +20,8 @@ at::Tensor to_format_fast(const at::Tensor& t, at::MemoryFormat format);
 // block's input written into its buffer. False (nothing written) for any other operands.
 bool copy_nchw_into_pixel_major(const at::Tensor& src, at::Tensor& dst);
 
+// dst[j * dst_row + i] = src[i * src_row + j] for i < rows, j < cols, by 16 x 16 blocks, on the calling thread
+// (for kernels that gather tiles inside their own parallel region).
+void transpose_matrix(const float* src, int64_t src_row, float* dst, int64_t dst_row, int64_t rows, int64_t cols);
+
 }  // namespace apnt

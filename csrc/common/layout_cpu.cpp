@@ -111,6 +111,14 @@ bool copy_nchw_into_pixel_major(const at::Tensor& src, at::Tensor& dst) {
   return true;
 }
 
+void transpose_matrix(const float* src, int64_t src_row, float* dst, int64_t dst_row, int64_t rows, int64_t cols) {
+  const BlockFn fn = block_fn();
+  for (int64_t j0 = 0; j0 < cols; j0 += kB)
+    for (int64_t i0 = 0; i0 < rows; i0 += kB)
+      fn(src + i0 * src_row + j0, src_row, int(std::min(kB, rows - i0)), int(std::min(kB, cols - j0)),
+         dst + j0 * dst_row + i0, dst_row);
+}
+
 at::Tensor channels_last_fast(const at::Tensor& t) {
   if (t.is_contiguous(at::MemoryFormat::ChannelsLast) || !t.is_contiguous() || t.scalar_type() != at::kFloat ||
       !t.is_cpu() || t.numel() == 0)

@@ -200,7 +200,8 @@ struct TransferScatterBody : ElementwiseBody<TransferScatterBody<scalar_t, acc_t
   at::Tensor transfer_backward(const at::Tensor& grad_cl, const at::Tensor& index, const TransferGeometry& g);
 namespace cpu {
 APNT_MATCH_LAUNCHERS
-// Global or radius search by tiles of the Gram matrix of per-pixel features (no Nq x Nk matrix).
+// Global or radius search by tiles of the Gram matrix of per-pixel features (no Nq x Nk matrix). Features
+// channels_last, or (float32 only) NCHW-contiguous: tiles are then gathered by transposes, with no copy of the maps.
 std::tuple<at::Tensor, at::Tensor> tiled_search(const at::Tensor& query_cl, const at::Tensor& key_cl,
                                                 const at::Tensor& query_norm, const at::Tensor& key_norm,
                                                 const at::Tensor& key_mask, int64_t patch_size,

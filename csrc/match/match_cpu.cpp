@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_clones.h"
 #include "common/grid_cpu.h"
+#include "common/layout.h"
 #include "match/match_launch.h"
 
 namespace apnt {
@@ -16,28 +18,40 @@ namespace match {
 namespace cpu {
 namespace {
 
-// Query and key tiles. Global search: 16 x 64 positions, so the Gram GEMMs are large (fast) and the halo
-// small (1.35x the positions for k = 3). Radius mode: 8 x 32, so little work falls outside the window.
-constexpr int64_t kMaxTileH = 16, kMaxTileW = 64;
+// Query and key tiles. Global search: 16 x 32 positions: Gram GEMMs of 612 x 612 x C still run near MKL's peak,
+// the halo costs 1.43x the multiplies for k = 3, and the per-thread workspace (G: 1.5 MB) is a quarter of 16 x 64's
+// — measured on the 2-core AMD EPYC: 250x375 no slower (48 vs 50 s), 64x64 peak RSS increase 24 -> 13 MiB.
+// Radius mode: 8 x 32, so little work falls outside the window.
+constexpr int64_t kMaxTileH = 16, kMaxTileW = 32;
 struct TileShape {
   int64_t h, w;
 };
 
 // Features of the tile [y0, y0+TH) x [x0, x0+TW) plus a `half`-pixel halo, one row per pixel (zeros outside).
+// f: channels_last, or NCHW (`nchw`, float only): each valid run of a tile row is then one (C x run) transpose.
 template <typename scalar_t>
-void gather_tile(const scalar_t* f, int64_t n, int64_t H, int64_t W, int64_t C, int64_t y0, int64_t x0, int64_t half,
-                 TileShape tile, scalar_t* out) {
+void gather_tile(const scalar_t* f, bool nchw, int64_t n, int64_t H, int64_t W, int64_t C, int64_t y0, int64_t x0,
+                 int64_t half, TileShape tile, scalar_t* out) {
   const int64_t PH = tile.h + 2 * half, PW = tile.w + 2 * half;
-  for (int64_t i = 0; i < PH; ++i)
-    for (int64_t j = 0; j < PW; ++j) {
-      const int64_t y = y0 - half + i, x = x0 - half + j;
-      scalar_t* dst = out + (i * PW + j) * C;
-      if (y < 0 || y >= H || x < 0 || x >= W) {
-        std::fill(dst, dst + C, scalar_t(0));
-      } else {
-        std::copy(f + ((n * H + y) * W + x) * C, f + ((n * H + y) * W + x + 1) * C, dst);
+  const int64_t xa = std::max<int64_t>(0, x0 - half), xb = std::min<int64_t>(W, x0 - half + PW);
+  for (int64_t i = 0; i < PH; ++i) {
+    const int64_t y = y0 - half + i;
+    scalar_t* row = out + i * PW * C;
+    if (y < 0 || y >= H || xb <= xa) {
+      std::fill(row, row + PW * C, scalar_t(0));
+      continue;
+    }
+    const int64_t ja = xa - (x0 - half), jb = xb - (x0 - half);  // the valid columns of this padded row
+    std::fill(row, row + ja * C, scalar_t(0));
+    std::fill(row + jb * C, row + PW * C, scalar_t(0));
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (nchw) {
+        transpose_matrix(f + n * C * H * W + y * W + xa, H * W, row + ja * C, C, C, xb - xa);
+        continue;
       }
     }
+    std::copy(f + ((n * H + y) * W + xa) * C, f + ((n * H + y) * W + xb) * C, row + ja * C);
+  }
 }
 
 // One (query tile, key tile) pair after its Gram matrix G is known.
@@ -125,6 +139,11 @@ void tiled_search_impl(const at::Tensor& q_cl, const at::Tensor& k_cl, const at:
   const int64_t half = patch_size / 2, PH = TH + 2 * half, PW = TW + 2 * half, P = PH * PW;
   const bool same_size = Hq == Hk && Wq == Wk;
   const scalar_t *qf = q_cl.data_ptr<scalar_t>(), *kf = k_cl.data_ptr<scalar_t>();
+  // channels_last wins where both hold (C == 1, or 1x1 maps): the same bytes either way.
+  const bool q_nchw = !q_cl.is_contiguous(at::MemoryFormat::ChannelsLast),
+             k_nchw = !k_cl.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_INTERNAL_ASSERT((!q_nchw || (q_cl.is_contiguous() && q_cl.scalar_type() == at::kFloat)) &&
+                        (!k_nchw || (k_cl.is_contiguous() && k_cl.scalar_type() == at::kFloat)));
   const scalar_t *qn = qn_t.data_ptr<scalar_t>(), *kn = kn_t.data_ptr<scalar_t>();
   const bool* mask = mask_t.defined() ? mask_t.data_ptr<bool>() : nullptr;
   float* score = score_t.data_ptr<float>();
@@ -138,7 +157,7 @@ void tiled_search_impl(const at::Tensor& q_cl, const at::Tensor& k_cl, const at:
     std::vector<scalar_t> acc(TH * TW);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / (qty * qtx), y0 = (t / qtx) % qty * TH, x0 = t % qtx * TW;
-      gather_tile(qf, n, Hq, Wq, C, y0, x0, half, tile, A.data_ptr<scalar_t>());
+      gather_tile(qf, q_nchw, n, Hq, Wq, C, y0, x0, half, tile, A.data_ptr<scalar_t>());
       std::vector<Best<scalar_t>> best(TH * TW);
       // Key tiles: all of them, or those meeting the radius window of this query tile.
       int64_t ty0 = 0, ty1 = kty, tx0 = 0, tx1 = ktx;
@@ -151,7 +170,7 @@ void tiled_search_impl(const at::Tensor& q_cl, const at::Tensor& k_cl, const at:
       for (int64_t ky0t = ty0; ky0t < ty1; ++ky0t)
         for (int64_t kx0t = tx0; kx0t < tx1; ++kx0t) {
           const int64_t ky0 = ky0t * TH, kx0 = kx0t * TW;
-          gather_tile(kf, n, Hk, Wk, C, ky0, kx0, half, tile, B.data_ptr<scalar_t>());
+          gather_tile(kf, k_nchw, n, Hk, Wk, C, ky0, kx0, half, tile, B.data_ptr<scalar_t>());
           at::mm_out(G, A, B.t());  // Gram of per-pixel features: 9x fewer multiplies than unfolded patches
           PairScan<scalar_t> scan{G.data_ptr<scalar_t>(), kn + n * Hk * Wk, mask ? mask + n * Hk * Wk : nullptr,
                                   half, Hk, Wk, ky0, kx0, radius ? *radius : -1, same_size, tile};

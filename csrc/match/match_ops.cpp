@@ -10,9 +10,11 @@ namespace apnt {
 namespace match {
 namespace {
 
-// Features the kernels read: channels_last, float32 (float64 kept for exact tests).
-at::Tensor search_features(const at::Tensor& t) {
+// Features the kernels read: float32 (float64 kept for exact tests), channels_last — or, for the CPU tiled search,
+// float32 NCHW-contiguous as given (it gathers tiles by transposes: two fewer copies of the maps held).
+at::Tensor search_features(const at::Tensor& t, bool nchw_ok) {
   const auto dtype = t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  if (nchw_ok && t.scalar_type() == at::kFloat && t.is_contiguous()) return t;
   return t.to(dtype).contiguous(at::MemoryFormat::ChannelsLast);
 }
 
@@ -34,7 +36,9 @@ std::tuple<at::Tensor, at::Tensor> patch_match(const at::Tensor& query, const at
   APNT_CHECK_ARG(patch_size >= 1 && patch_size % 2 == 1, "patch_size", "expected an odd int >= 1, got ", patch_size);
   APNT_CHECK_ARG(!radius || (*radius >= 0 && query.sizes() == key.sizes()), "radius",
                  "expected >= 0 with query and key of the same size");
-  const at::Tensor q = search_features(query), k = search_features(key);
+  // The CUDA kernels and the emulated CUDA body read channels_last features only.
+  const bool nchw_ok = query.is_cpu() && !(radius && grid_emulation_enabled());
+  const at::Tensor q = search_features(query, nchw_ok), k = search_features(key, nchw_ok);
   const at::Tensor qn = descriptor_norms(q, patch_size), kn = descriptor_norms(k, patch_size);
   at::Tensor mask;
   if (key_mask.has_value()) mask = key_mask->reshape({key.size(0), key.size(2), key.size(3)}).contiguous();
