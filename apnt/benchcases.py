@@ -573,6 +573,8 @@ def _failure(e: BaseException) -> str:
     text = str(e).lower()
     if isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
         return "OOM"   # CUDA says "out of memory", torch's CPU allocator "can't allocate memory"
+    if isinstance(e, subprocess.TimeoutExpired):  # its text is the whole command line, interpreter path included
+        return f"n/a: timed out after {e.timeout:.0f} s"
     first = (str(e).strip().splitlines() or [""])[0]
     return f"n/a: {type(e).__name__}: {first[:120]}"
 
