@@ -91,13 +91,13 @@ template <int MR>
 APNT_AVX512 inline void row_block(const float* A, int64_t lda, const float* B, float* C, int64_t K, int64_t O,
                                   const float* bias = nullptr) {
   int64_t o = 0;
-  auto at = [bias](int64_t o) { return bias ? bias + o : nullptr; };
-  for (; o + 64 <= O; o += 64) micro_kernel<MR, 4>(A, lda, B + o, O, C + o, O, K, at(o));
+  auto bias_from = [bias](int64_t o) { return bias ? bias + o : nullptr; };
+  for (; o + 64 <= O; o += 64) micro_kernel<MR, 4>(A, lda, B + o, O, C + o, O, K, bias_from(o));
   if (o + 32 <= O) {
-    micro_kernel<MR, 2>(A, lda, B + o, O, C + o, O, K, at(o));
+    micro_kernel<MR, 2>(A, lda, B + o, O, C + o, O, K, bias_from(o));
     o += 32;
   }
-  if (o < O) micro_kernel<MR, 1>(A, lda, B + o, O, C + o, O, K, at(o));
+  if (o < O) micro_kernel<MR, 1>(A, lda, B + o, O, C + o, O, K, bias_from(o));
 }
 
 constexpr int kRows = 6;
