@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/grid.h"
+#include "common/memory.h"
 #include "conv/winograd_gemm.h"
 
 TORCH_LIBRARY(apnt, m) {
@@ -46,6 +47,9 @@ TORCH_LIBRARY(apnt, m) {
   m.def("_winograd_gemm_engine() -> str", []() {
     return std::string(apnt::conv::cpu::winograd_gemm_usable(16) ? "apnt-avx512" : "aten-bmm");
   });
+  // The CPU workspace cache (common/memory.h): bytes it holds; empty it, returning the bytes released.
+  m.def("_workspace_cache_bytes() -> int", []() { return apnt::cached_workspace_bytes(); });
+  m.def("_empty_workspace_cache() -> int", []() { return apnt::release_workspaces(); });
   m.def("_built_with_cuda() -> bool", []() {
 #ifdef APNT_WITH_CUDA
     return true;

@@ -103,10 +103,23 @@ class AHDRNet(nn.Module):
             g3, maps["attention_long"] = ops.attention_gate_map(
                 f3, f2, self.att31.weight, self.att31.bias, self.att32.weight, self.att32.bias,
                 negative_slope=_SLOPE, backend=self._backend)
-        f0 = self._conv(self.conv2, torch.cat([g1, f2, g3], 1))
+        # Inference holds only what later layers read: f2 gets its own storage (it is a view of all three frames'
+        # conv1 features), and each map is dropped after its last use. At 1500x1000 every 64-channel map is 384 MB.
+        # (Training saves these for backward anyway; the dels then change nothing.)
+        f2 = f2.clone()
+        del f1, f3
+        stacked = torch.cat([g1, f2, g3], 1)
+        del g1, g3
+        f0 = self._conv(self.conv2, stacked)
+        del stacked
         r1 = self.RDB1(f0)
+        del f0
         r2 = self.RDB2(r1)
         r3 = self.RDB3(r2)
-        fused = self._conv(self.GFF_3x3, self._conv(self.GFF_1x1, torch.cat([r1, r2, r3], 1)))
+        stacked = torch.cat([r1, r2, r3], 1)
+        del r1, r2, r3
+        fused = self._conv(self.GFF_3x3, self._conv(self.GFF_1x1, stacked))
+        del stacked
         up = self._conv(self.conv_up, fused + f2)
+        del fused, f2
         return self._conv(self.conv3, up, "sigmoid")

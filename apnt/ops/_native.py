@@ -32,6 +32,18 @@ def winograd_gemm_engine() -> str | None:
     return None if load_error() is not None else str(torch.ops.apnt._winograd_gemm_engine())
 
 
+def empty_cache() -> int:
+    """Free the CPU work buffers the native ops keep for their next call (at most APNT_WORKSPACE_CACHE_MB,
+    default 256 MiB; the dense block's buffer is the main one). Returns the bytes released. Like
+    torch.cuda.empty_cache: memory other code may then use; the next native call allocates afresh."""
+    return 0 if load_error() is not None else int(torch.ops.apnt._empty_workspace_cache())
+
+
+def workspace_cache_bytes() -> int:
+    """Bytes of CPU work buffers the native ops hold between calls now."""
+    return 0 if load_error() is not None else int(torch.ops.apnt._workspace_cache_bytes())
+
+
 def reasons(device: torch.device) -> list[str]:
     """Why `native` cannot run on `device` (empty when it can)."""
     err = load_error()

@@ -23,4 +23,19 @@ inline at::Tensor empty_large_like(const at::Tensor& like, at::MemoryFormat form
   return prefer_huge_pages(at::empty_like(like, format));
 }
 
+// A CPU work buffer that the op frees before returning (or autograd frees after backward), drawn from a small
+// cache of earlier ones: a block goes back to the cache when its tensor dies, and the next request of a similar
+// size reuses it, pages already faulted in (and huge). A fresh 64 MB buffer costs ~7 % of a 256^2 dense block in
+// page faults and zeroing, and with THP on, an occasional compaction stall doubles a call. The cache holds at most
+// APNT_WORKSPACE_CACHE_MB (default 256) between calls; 0 turns it off. Larger requests and CUDA tensors are
+// plain empty_large. `memory_format` may be Contiguous or ChannelsLast.
+at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& options,
+                           at::MemoryFormat memory_format = at::MemoryFormat::Contiguous);
+
+// Frees every cached workspace block; returns the bytes released (apnt.empty_cache()).
+int64_t release_workspaces();
+
+// Bytes held by the cache now (tests).
+int64_t cached_workspace_bytes();
+
 }  // namespace apnt

@@ -69,12 +69,17 @@ at::Tensor new_buffer(const at::Tensor& x, int64_t channels) {
   return empty_large({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
 }
 
+// The block's own buffers (never returned to the caller; autograd may keep the forward one until backward).
+at::Tensor new_workspace(const at::Tensor& x, int64_t channels) {
+  return empty_workspace({x.size(0), channels, x.size(2), x.size(3)}, x.options(), at::MemoryFormat::ChannelsLast);
+}
+
 std::tuple<at::Tensor, at::Tensor> dense_block_fwd(const at::Tensor& x, at::TensorList weights,
                                                    at::TensorList biases, const at::Tensor& fuse_weight,
                                                    const at::Tensor& fuse_bias, int64_t dilation, bool checkpoint) {
   check_inputs(x, weights, biases, fuse_weight, fuse_bias, dilation);
   const int64_t C = x.size(1);
-  at::Tensor buffer = new_buffer(x, fuse_weight.size(1));
+  at::Tensor buffer = new_workspace(x, fuse_weight.size(1));
   fill_buffer(x, weights, biases, dilation, buffer);
   // 1x1 fusion: one GEMM over the whole buffer, then bias and the residual (x = the buffer's first slice).
   at::Tensor out = new_buffer(x, C);
@@ -93,7 +98,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Ten
   const int64_t C = x.size(1), G = weights[0].size(0), L = int64_t(weights.size()), total = fuse_weight.size(1);
   at::Tensor buffer = saved_buffer;
   if (checkpoint) {
-    buffer = new_buffer(x, total);
+    buffer = new_workspace(x, total);
     fill_buffer(x, weights, biases, dilation, buffer);
   }
   const at::Tensor g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
@@ -102,7 +107,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Ten
   const at::Tensor grad_fuse_weight = at::mm(g2d.t(), pixels(buffer)).view(fuse_weight.sizes());
   const at::Tensor grad_fuse_bias = g2d.sum(0);
   // The shared gradient buffer: d out / d buffer from the fusion; every layer then adds its part to the prefix.
-  at::Tensor grad_buffer = new_buffer(x, total);
+  at::Tensor grad_buffer = new_workspace(x, total);
   at::Tensor gb2d = grad_buffer.permute({0, 2, 3, 1}).view({-1, total});
   at::mm_out(gb2d, g2d, fw2d);
   std::vector<at::Tensor> grad_weights(L), grad_biases(L);

@@ -1,0 +1,115 @@
+"""The native CPU workspace cache (csrc/common/memory.h): the dense block's buffers are reused across calls.
+
+A reused block holds the previous call's data, so these tests check that nothing of it leaks into a result, that
+training (the buffer saved for backward) hands the block back, and that the cap and apnt.ops.empty_cache work."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import apnt.ops
+from apnt.ops import dilated_dense_block
+from apnt_test_helpers import requires_native
+
+pytestmark = requires_native
+
+C, G, L = 16, 8, 3
+
+
+def _params(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(G, C + i * G, 3, 3, generator=g) * 0.2 for i in range(L)]
+    biases = [torch.randn(G, generator=g) * 0.1 for _ in range(L)]
+    fuse_w = torch.randn(C, C + L * G, 1, 1, generator=g) * 0.1
+    fuse_b = torch.randn(C, generator=g) * 0.1
+    return weights, biases, fuse_w, fuse_b
+
+
+def _block(x, params, **kw):
+    weights, biases, fuse_w, fuse_b = params
+    return dilated_dense_block(x, weights, biases, fuse_w, fuse_b, backend="native", **kw)
+
+
+def _buffer_bytes(x):
+    n, _, h, w = x.shape
+    return n * (C + L * G) * h * w * 4
+
+
+@pytest.fixture(autouse=True)
+def _empty():
+    apnt.ops.empty_cache()
+    yield
+    apnt.ops.empty_cache()
+
+
+def test_buffer_is_kept_and_reused_without_leaking_data():
+    params = _params(0)
+    x1 = torch.randn(1, C, 64, 64)
+    x2 = torch.rand(1, C, 64, 64) * 50   # very different values: stale ones would show
+    with torch.no_grad():
+        _block(x1, params)
+        assert apnt.ops.workspace_cache_bytes() == _buffer_bytes(x1)
+        reused = _block(x2, params)
+        assert apnt.ops.workspace_cache_bytes() == _buffer_bytes(x1)   # taken and given back, not a second one
+        assert apnt.ops.empty_cache() == _buffer_bytes(x1)
+        assert apnt.ops.workspace_cache_bytes() == 0
+        fresh = _block(x2, params)
+    assert torch.equal(reused, fresh)
+
+
+def test_smaller_request_reuses_a_larger_block_and_much_smaller_does_not():
+    params = _params(1)
+    with torch.no_grad():
+        _block(torch.randn(1, C, 64, 64), params)
+        big = _buffer_bytes(torch.empty(1, C, 64, 64))
+        _block(torch.randn(1, C, 60, 60), params)        # fits in the 64x64 block (< 2x): reused
+        assert apnt.ops.workspace_cache_bytes() == big
+        x = torch.randn(1, C, 16, 16)
+        out = _block(x, params)                           # far smaller: its own block, both kept
+        assert apnt.ops.workspace_cache_bytes() == big + _buffer_bytes(x)
+    ref = dilated_dense_block(x, *params[:2], *params[2:], backend="reference")
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_training_hands_the_saved_buffer_back(checkpoint):
+    params = [[t.clone().requires_grad_() for t in p] if isinstance(p, list) else p.clone().requires_grad_()
+              for p in _params(2)]
+    x = torch.randn(2, C, 24, 20, requires_grad=True)
+    B = _buffer_bytes(x)
+    grads = []
+    for step in range(2):   # the second step runs on recycled forward and gradient buffers
+        out = _block(x, params, checkpoint=checkpoint)
+        # Cached now: what the previous backward gave back (2 blocks), minus the buffer saved for backward
+        # (checkpoint=True saves none: its buffer is back already).
+        held = (2 * B if step else 0) + (B if checkpoint and not step else 0) - (0 if checkpoint else B * step)
+        assert apnt.ops.workspace_cache_bytes() == held
+        grads.append(torch.autograd.grad(out.square().sum(), [x, params[0][0], params[2]]))
+        del out
+        assert apnt.ops.workspace_cache_bytes() == 2 * B   # the buffer and the gradient buffer are back
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def _cache_after_call(env_value: str) -> int:
+    code = ("import torch, apnt.ops\n"
+            "x = torch.randn(1, 16, 128, 128)\n"
+            "w = [torch.randn(8, 16 + 8 * i, 3, 3) for i in range(3)]\n"
+            "with torch.no_grad():\n"
+            "    apnt.ops.dilated_dense_block(x, w, [torch.zeros(8)] * 3, torch.randn(16, 40, 1, 1), torch.zeros(16),"
+            " backend='native')\n"
+            "print(apnt.ops.workspace_cache_bytes())\n")
+    env = dict(os.environ, APNT_WORKSPACE_CACHE_MB=env_value)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
+
+
+def test_cap_from_environment():
+    assert _cache_after_call("0") == 0                         # off
+    assert _cache_after_call("1") == 0                         # 2.5 MB buffer > 1 MiB cap: freed as usual
+    assert _cache_after_call("64") == _buffer_bytes(torch.empty(1, C, 128, 128))
