@@ -50,6 +50,7 @@ TORCH_LIBRARY(apnt, m) {
   // The CPU workspace cache (common/memory.h): bytes it holds; empty it, returning the bytes released.
   m.def("_workspace_cache_bytes() -> int", []() { return apnt::cached_workspace_bytes(); });
   m.def("_empty_workspace_cache() -> int", []() { return apnt::release_workspaces(); });
+  m.def("_hold_workspaces(bool on) -> ()", [](bool on) { apnt::hold_workspaces(on); });
   m.def("_built_with_cuda() -> bool", []() {
 #ifdef APNT_WITH_CUDA
     return true;

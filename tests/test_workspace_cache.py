@@ -113,3 +113,26 @@ def test_cap_from_environment():
     assert _cache_after_call("0") == 0                         # off
     assert _cache_after_call("1") == 0                         # 2.5 MB buffer > 1 MiB cap: freed as usual
     assert _cache_after_call("64") == _buffer_bytes(torch.empty(1, C, 128, 128))
+
+
+def test_hold_keeps_blocks_over_the_cap_and_trims_on_exit():
+    # A subprocess with a 1 MiB cap: held, the 2.6 MB buffer is kept and reused by the next block; afterwards freed.
+    code = ("import torch, apnt.ops\n"
+            "x = torch.randn(1, 16, 128, 128)\n"
+            "w = [torch.randn(8, 16 + 8 * i, 3, 3) for i in range(3)]\n"
+            "def block(x):\n"
+            "    return apnt.ops.dilated_dense_block(x, w, [torch.zeros(8)] * 3, torch.randn(16, 40, 1, 1),"
+            " torch.zeros(16), backend='native')\n"
+            "with torch.no_grad():\n"
+            "    with apnt.ops.hold_workspaces():\n"
+            "        y = block(x)\n"
+            "        with apnt.ops.hold_workspaces():\n"
+            "            y = block(y)\n"
+            "        print(apnt.ops.workspace_cache_bytes())\n"
+            "    print(apnt.ops.workspace_cache_bytes())\n")
+    env = dict(os.environ, APNT_WORKSPACE_CACHE_MB="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    held, after = map(int, done.stdout.split()[-2:])
+    assert held == _buffer_bytes(torch.empty(1, C, 128, 128))   # one block, reused by the second call
+    assert after == 0

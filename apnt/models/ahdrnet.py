@@ -112,10 +112,11 @@ class AHDRNet(nn.Module):
         del g1, g3
         f0 = self._conv(self.conv2, stacked)
         del stacked
-        r1 = self.RDB1(f0)
-        del f0
-        r2 = self.RDB2(r1)
-        r3 = self.RDB3(r2)
+        with ops.hold_workspaces():   # the three blocks share one buffer allocation (native)
+            r1 = self.RDB1(f0)
+            del f0
+            r2 = self.RDB2(r1)
+            r3 = self.RDB3(r2)
         stacked = torch.cat([r1, r2, r3], 1)
         del r1, r2, r3
         fused = self._conv(self.GFF_3x3, self._conv(self.GFF_1x1, stacked))

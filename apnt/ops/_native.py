@@ -39,6 +39,22 @@ def empty_cache() -> int:
     return 0 if load_error() is not None else int(torch.ops.apnt._empty_workspace_cache())
 
 
+@contextlib.contextmanager
+def hold_workspaces():
+    """Within the block, the workspace cache keeps what native ops free whatever its size, so consecutive ops that
+    need the same large buffer allocate it once (AHDRNet's three dense blocks: 1.5 GB each at 1500x1000). On exit
+    the cache shrinks back to APNT_WORKSPACE_CACHE_MB. Nests; a no-op without the extension or while
+    torch.compile traces."""
+    active = load_error() is None and not torch.compiler.is_compiling()
+    if active:
+        torch.ops.apnt._hold_workspaces(True)
+    try:
+        yield
+    finally:
+        if active:
+            torch.ops.apnt._hold_workspaces(False)
+
+
 def workspace_cache_bytes() -> int:
     """Bytes of CPU work buffers the native ops hold between calls now."""
     return 0 if load_error() is not None else int(torch.ops.apnt._workspace_cache_bytes())

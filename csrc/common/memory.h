@@ -32,6 +32,11 @@ inline at::Tensor empty_large_like(const at::Tensor& like, at::MemoryFormat form
 at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& options,
                            at::MemoryFormat memory_format = at::MemoryFormat::Contiguous);
 
+// While held (calls nest), the cache keeps blocks of any size: a model whose consecutive blocks need the same large
+// buffer (AHDRNet's three dense blocks, 1.5 GB each at 1500x1000) allocates it once. The last release trims the
+// cache back to its cap.
+void hold_workspaces(bool on);
+
 // Frees every cached workspace block; returns the bytes released (apnt.empty_cache()).
 int64_t release_workspaces();
 

@@ -3,6 +3,8 @@
 #include <c10/core/impl/alloc_cpu.h>
 
 #include <algorithm>
+#include <atomic>
+#include <limits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -56,6 +58,13 @@ int64_t workspace_cache_cap() {
   return cap;
 }
 
+// > 0 while some caller holds workspaces (hold_workspaces): then the cap is lifted.
+std::atomic<int64_t> hold_depth{0};
+
+int64_t effective_cap() {
+  return hold_depth.load() > 0 ? std::numeric_limits<int64_t>::max() : workspace_cache_cap();
+}
+
 struct Block {
   void* data;
   int64_t bytes;
@@ -82,14 +91,16 @@ struct WorkspaceCache {
     return b.data;
   }
 
-  // Keeps the block, then frees the oldest blocks until the cache is within its cap.
+  // Keeps the block (if given), then frees the oldest blocks until the cache is within its cap.
   void give_back(void* data, int64_t bytes) {
     std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex);
-      blocks.push_back({data, bytes});
-      held += bytes;
-      while (held > workspace_cache_cap() && !blocks.empty()) {
+      if (data) {
+        blocks.push_back({data, bytes});
+        held += bytes;
+      }
+      while (held > effective_cap() && !blocks.empty()) {
         evicted.push_back(blocks.front().data);
         held -= blocks.front().bytes;
         blocks.erase(blocks.begin());
@@ -126,7 +137,7 @@ at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& optio
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const int64_t bytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
-  const bool cacheable = options.device().is_cpu() && numel > 0 && bytes <= workspace_cache_cap() &&
+  const bool cacheable = options.device().is_cpu() && numel > 0 && bytes <= effective_cap() &&
                          (memory_format == at::MemoryFormat::Contiguous || sizes.size() == 4);
   if (!cacheable) return empty_large(sizes, options.memory_format(memory_format));
   int64_t block_bytes = 0;
@@ -145,6 +156,15 @@ at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& optio
 }
 
 int64_t release_workspaces() { return workspace_cache().release(); }
+
+void hold_workspaces(bool on) {
+  if (on) {
+    ++hold_depth;
+    return;
+  }
+  TORCH_CHECK(hold_depth.load() > 0, "hold_workspaces(false) without a matching hold_workspaces(true)");
+  if (--hold_depth == 0) workspace_cache().give_back(nullptr, 0);  // back within the cap
+}
 
 int64_t cached_workspace_bytes() {
   WorkspaceCache& c = workspace_cache();
