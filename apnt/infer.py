@@ -202,6 +202,21 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * step) for i in range(count)]
 
 
+def axis_split(length: int, count: int, overlap: int) -> tuple[int, list[int]]:
+    """`count` equal cores covering `length` with consecutive ones overlapping by at least `overlap`: the
+    smallest such core and its starts (first at 0, last ending at `length`)."""
+    if count <= 1:
+        return length, [0]
+    core = min(length, math.ceil((length + (count - 1) * overlap) / count))
+    # Floor division keeps every step <= core - overlap (an integer that is >= the exact step).
+    return core, [i * (length - core) // (count - 1) for i in range(count)]
+
+
+def axis_count(length: int, tile: int, overlap: int) -> int:
+    """The fewest cores of at most `tile` pixels that cover `length` with the overlap."""
+    return 1 if length <= tile else 1 + math.ceil((length - tile) / (tile - overlap))
+
+
 def _ramp(size: int, ramp_lo: int, ramp_hi: int) -> torch.Tensor:
     """1-D feather of a core: rises linearly over `ramp_lo` pixels and falls over `ramp_hi` (0 = no ramp,
     at image borders). Strictly positive, so every pixel has weight after normalisation."""
@@ -216,32 +231,53 @@ def _ramp(size: int, ramp_lo: int, ramp_hi: int) -> torch.Tensor:
 
 @dataclass
 class TilePlan:
-    """Where to cut: core side `tile` (None = whole image), `overlap` between cores and context `halo`."""
+    """Where to cut: cores of `tile_h` x `tile_w` pixels (None = whole image) at `rows` x `cols`, `overlap`
+    between cores and context `halo`. `tile` is the longer core side (None when untiled)."""
     tile: int | None
     overlap: int
     halo: int
     rows: list[int] = field(default_factory=list)
     cols: list[int] = field(default_factory=list)
     multiple: int = 1  # tile origins (core minus halo) are rounded down to a multiple of this
+    tile_h: int | None = None
+    tile_w: int | None = None
+
+    def __post_init__(self):
+        if self.tile is not None:
+            self.tile_h = self.tile if self.tile_h is None else self.tile_h
+            self.tile_w = self.tile if self.tile_w is None else self.tile_w
 
     @property
     def count(self) -> int:
         return len(self.rows) * len(self.cols) if self.tile else 1
 
+    def processed_pixels(self, height: int, width: int) -> int:
+        """Pixels the model runs on, halos included (the image's own count when untiled)."""
+        if self.tile is None:
+            return height * width
+        span = lambda starts, core, length: sum(min(length, s + core + self.halo) - max(0, s - self.halo)  # noqa: E731
+                                                for s in starts)
+        return span(self.rows, self.tile_h, height) * span(self.cols, self.tile_w, width)
 
-def estimate_peak(height: int, width: int, batch: int, tile: int | None, halo: int, backend: str | None) -> int:
-    """Estimated peak resident memory (bytes) of AHDRNet-like inference, per the measured constants above.
-    Unknown backends (`triton`, user modules) are charged at `reference`'s rate, the larger one."""
+
+def estimate_peak(height: int, width: int, batch: int, tile: int | None, halo: int, backend: str | None,
+                  tile_w: int | None = None) -> int:
+    """Estimated peak resident memory (bytes) of AHDRNet-like inference, per the measured constants above, for
+    cores of `tile` x `tile_w` pixels (`tile_w` None: square; `tile` None: untiled). Unknown backends (`triton`,
+    user modules) are charged at `reference`'s rate, the larger one."""
     per_px = BYTES_PER_TILE_PIXEL.get(backend, BYTES_PER_TILE_PIXEL["reference"])
     th = height if tile is None else min(height, tile + 2 * halo)
-    tw = width if tile is None else min(width, tile + 2 * halo)
+    tw = width if tile is None else min(width, (tile if tile_w is None else tile_w) + 2 * halo)
     image = IMAGE_BYTES_PER_PIXEL * batch * height * width + 4 * height * width
     return int(IMPORT_OVERHEAD + image + per_px * batch * th * tw)
 
 
 def plan_tiles(height: int, width: int, batch: int, *, tile=None, overlap=None, max_memory=None,
                receptive_radius: int | None = None, backend: str | None = None, multiple: int = 1) -> TilePlan:
-    """Validate the tiling arguments and choose the tile (from `max_memory` when given). Raises ValueError."""
+    """Validate the tiling arguments and choose the tiles. `tile`: the largest core side; the fewest such cores
+    per axis, shrunk to equal sizes that just cover it. `max_memory`: the grid of equal (not necessarily square)
+    cores whose estimated peak fits and that runs the model on the fewest pixels, halos included.
+    Raises ValueError."""
     if overlap is None:
         overlap = DEFAULT_OVERLAP
     if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
@@ -255,27 +291,41 @@ def plan_tiles(height: int, width: int, batch: int, *, tile=None, overlap=None, 
             raise ValueError(f"argument 'tile': expected a positive integer number of pixels, got {tile!r}")
         if tile < 2 * overlap:
             raise ValueError(f"argument 'tile': {tile} px is smaller than twice the overlap ({overlap} px)")
-        tile = int(tile)
+        counts = (axis_count(height, int(tile), overlap), axis_count(width, int(tile), overlap))
     elif max_memory is not None:
-        tile = _tile_for_memory(height, width, batch, overlap, halo, backend, parse_memory(max_memory), max_memory)
-    if tile is None or (tile >= height and tile >= width):
+        counts = _grid_for_memory(height, width, batch, overlap, halo, backend, parse_memory(max_memory), max_memory)
+    else:
+        counts = None
+    if counts is None or counts == (1, 1):
         return TilePlan(None, overlap, halo, multiple=multiple)
-    return TilePlan(tile, overlap, halo, tile_starts(height, tile, overlap), tile_starts(width, tile, overlap),
-                    multiple)
+    (tile_h, rows), (tile_w, cols) = axis_split(height, counts[0], overlap), axis_split(width, counts[1], overlap)
+    return TilePlan(max(tile_h, tile_w), overlap, halo, rows, cols, multiple, tile_h, tile_w)
 
 
-def _tile_for_memory(height, width, batch, overlap, halo, backend, budget, text) -> int | None:
-    """The largest core side whose estimated peak fits `budget` (None: the whole image fits)."""
+def _grid_for_memory(height, width, batch, overlap, halo, backend, budget, text) -> tuple[int, int] | None:
+    """Cores per axis (rows, columns) for `budget` (None: the whole image fits): of the grids whose equal cores
+    fit, the one that runs the model on the fewest pixels (halos included), then the one with fewer tiles."""
     if estimate_peak(height, width, batch, None, halo, backend) <= budget:
         return None
     smallest = max(2 * overlap, MIN_AUTO_TILE, 1)
-    for t in range(max(height, width), smallest - 1, -1):
-        if estimate_peak(height, width, batch, t, halo, backend) <= budget:
-            return t
-    need = estimate_peak(height, width, batch, smallest, halo, backend)
-    raise ValueError(f"argument 'max_memory': {text} is too small for a {width}x{height} image (batch {batch}): "
-                     f"the smallest tile ({smallest} px) needs about {_format_bytes(need)}, of which "
-                     f"{_format_bytes(IMPORT_OVERHEAD)} is the process itself (import torch, model)")
+    best = None
+    for ny in range(1, axis_count(height, smallest, overlap) + 1):
+        core_h, rows = axis_split(height, ny, overlap)
+        for nx in range(1, axis_count(width, smallest, overlap) + 1):
+            core_w, cols = axis_split(width, nx, overlap)
+            if estimate_peak(height, width, batch, core_h, halo, backend, core_w) > budget:
+                continue   # more columns may fit: keep looking along this row count
+            plan = TilePlan(max(core_h, core_w), overlap, halo, rows, cols, 1, core_h, core_w)
+            key = (plan.processed_pixels(height, width), ny * nx)
+            if best is None or key < best[0]:
+                best = (key, (ny, nx))
+            break   # the fewest columns that fit at this row count: more only add halo
+    if best is None:
+        need = estimate_peak(height, width, batch, smallest, halo, backend)
+        raise ValueError(f"argument 'max_memory': {text} is too small for a {width}x{height} image (batch {batch}): "
+                         f"the smallest tile ({smallest} px) needs about {_format_bytes(need)}, of which "
+                         f"{_format_bytes(IMPORT_OVERHEAD)} is the process itself (import torch, model)")
+    return best[1]
 
 
 def _release_freed_memory() -> None:
@@ -312,7 +362,7 @@ def run_tiled(fn, ldr: torch.Tensor, exposure: torch.Tensor, plan: TilePlan, pro
     boxes = [(y, x) for y in plan.rows for x in plan.cols]
     ramp = max(plan.overlap, 1)
     for y0, x0 in tqdm(boxes, desc="tiles", unit="tile", disable=not progress):
-        y1, x1 = min(y0 + plan.tile, height), min(x0 + plan.tile, width)
+        y1, x1 = min(y0 + plan.tile_h, height), min(x0 + plan.tile_w, width)
         hy0, hx0 = (max(0, y0 - plan.halo) // plan.multiple * plan.multiple,
                     max(0, x0 - plan.halo) // plan.multiple * plan.multiple)
         hy1, hx1 = min(height, y1 + plan.halo), min(width, x1 + plan.halo)

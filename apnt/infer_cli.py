@@ -112,7 +112,7 @@ def _run(args) -> int:
             _write_explain(args.explain, result.maps)
     plan = result.plan
     tiles = ("untiled" if plan is None or plan.tile is None else
-             f"{plan.count} tiles of {plan.tile} px (overlap {plan.overlap}, halo {plan.halo})")
+             f"{plan.count} tiles of {plan.tile_w}x{plan.tile_h} px (overlap {plan.overlap}, halo {plan.halo})")
     backend = f" ({result.backend})" if result.backend else ""
     print(f"{label}: {hdr.shape[1]}x{hdr.shape[0]}, {result.model}{backend}, {seconds:.2f} s, {tiles} -> {args.out}")
     return 0

@@ -275,7 +275,8 @@ def test_search_mode_follows_the_image_size(monkeypatch):
     model = _small()
     assert model.search_radius(1000, 1500) is None and model.tile_radius(1000, 1500) == model.receptive_radius
     assert model.search_radius(1000, 1504) == 19  # default_nft_radius: 76 px → 19 cells of 4 px
-    assert model.tile_radius(4000, 6000) == model.receptive_radius + 4 * (75 + 3) + 16
+    assert model.search_radius(2160, 3840) == 24  # 5 % would be 192 px: capped at DEFAULT_NFT_RADIUS_MAX = 96 px
+    assert model.tile_radius(4000, 6000) == model.receptive_radius + 4 * (24 + 3) + 16
     model.nft_radius = 10
     assert model.search_radius(20, 20) == 3 and model.config["nft_radius"] == 10
     monkeypatch.setattr(apnt_fusion, "GLOBAL_NFT_PIXELS", 100)

@@ -8,8 +8,8 @@ import torch
 
 from apnt import baselines
 from apnt.data import load_scene, synthesize, write_image
-from apnt.infer import (IMPORT_OVERHEAD, _fuse, align_bracket, estimate_peak, explain, fuse, parse_memory,
-                        plan_tiles, tile_starts)
+from apnt.infer import (DEFAULT_OVERLAP, IMPORT_OVERHEAD, TilePlan, _fuse, align_bracket, axis_count, axis_split,
+                        estimate_peak, explain, fuse, parse_memory, plan_tiles, tile_starts)
 from apnt.infer_cli import add_cli
 from apnt.models import AHDRNet, save_weights
 from apnt.tonemap import mu_law
@@ -139,18 +139,39 @@ def test_parse_memory():
             parse_memory(bad)
 
 
-def test_max_memory_picks_the_largest_tile_that_fits():
-    h, w, halo = 1000, 1500, 43
+def test_max_memory_plan_fits_and_runs_the_fewest_pixels():
+    h, w, halo, overlap = 1000, 1500, 43, DEFAULT_OVERLAP
     assert plan_tiles(h, w, 1, max_memory=10 * 2**40, receptive_radius=halo, backend="native").tile is None
-    for tile in (64, 200, 517):
-        budget = estimate_peak(h, w, 1, tile, halo, "native")
-        assert plan_tiles(h, w, 1, max_memory=budget, receptive_radius=halo, backend="native").tile == tile
-    # reference needs more memory per pixel than native: a smaller tile for the same budget
+    for square in (64, 200, 517):
+        budget = estimate_peak(h, w, 1, square, halo, "native")
+        plan = plan_tiles(h, w, 1, max_memory=budget, receptive_radius=halo, backend="native")
+        assert estimate_peak(h, w, 1, plan.tile_h, halo, "native", plan.tile_w) <= budget
+        # Fewer pixels than square cores of that side (the planner before rectangular cores)...
+        old = TilePlan(square, overlap, halo, tile_starts(h, square, overlap), tile_starts(w, square, overlap))
+        assert plan.processed_pixels(h, w) <= old.processed_pixels(h, w) * 1.001   # (start rounding at borders)
+        # ...and than any other grid of equal cores that fits (exhaustive over a range covering the answer).
+        for ny in range(1, len(old.rows) + 2):
+            for nx in range(1, len(old.cols) + 2):
+                (ch, rows), (cw, cols) = axis_split(h, ny, overlap), axis_split(w, nx, overlap)
+                if estimate_peak(h, w, 1, ch, halo, "native", cw) <= budget:
+                    other = TilePlan(max(ch, cw), overlap, halo, rows, cols, 1, ch, cw)
+                    assert plan.processed_pixels(h, w) <= other.processed_pixels(h, w) * 1.001, (ny, nx)
+    # reference needs more memory per pixel than native: more tiles for the same budget
     budget = estimate_peak(h, w, 1, 300, halo, "native")
-    assert plan_tiles(h, w, 1, max_memory=budget, receptive_radius=halo, backend="reference").tile < 300
+    assert (plan_tiles(h, w, 1, max_memory=budget, receptive_radius=halo, backend="reference").count >
+            plan_tiles(h, w, 1, max_memory=budget, receptive_radius=halo, backend="native").count)
     with pytest.raises(ValueError, match="max_memory.*too small"):
         plan_tiles(h, w, 1, max_memory="512M", receptive_radius=halo, backend="native")
     assert IMPORT_OVERHEAD > 512 * 2**20  # why 512M cannot fit: the process itself
+
+
+def test_axis_split_covers_the_axis_with_equal_overlapping_cores():
+    for length, count, overlap in [(100, 3, 16), (81, 2, 16), (49, 2, 0), (1000, 31, 32), (4320, 3, 32), (48, 1, 16)]:
+        core, starts = axis_split(length, count, overlap)
+        assert len(starts) == count and starts[0] == 0 and starts[-1] + core == length
+        for a, b in zip(starts, starts[1:]):
+            assert a + core - b >= overlap
+    assert axis_count(2160, 2064, 32) == 2 and axis_split(2160, 2, 32)[0] == 1096   # not two 2064 px cores
 
 
 class SmallNet(torch.nn.Module):
@@ -170,7 +191,9 @@ def test_fuse_with_max_memory_tiles_and_agrees(bracket):
     whole = fuse(bracket, EXPOSURE, model)
     budget = estimate_peak(100, 140, 1, 48, 16, None)  # unknown module: charged at reference's rate
     result = _fuse(bracket, EXPOSURE, model, max_memory=budget, overlap=16)
-    assert result.plan.tile == 48 and result.plan.halo == 16 and result.plan.count == 12
+    plan = result.plan
+    assert plan.count > 1 and plan.halo == 16
+    assert estimate_peak(100, 140, 1, plan.tile_h, 16, None, plan.tile_w) <= budget
     assert result.backend is None
     torch.testing.assert_close(result.hdr, whole, rtol=0, atol=1e-6)
 
@@ -266,7 +289,7 @@ def test_cli_hdr_output_tiled(scene_dir, weights_file, tmp_path, capsys):
     assert _cli(scene_dir, "--weights", weights_file, "--out", out, "--tile", 32, "--overlap", 8) == 0
     hdr = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert hdr is not None and hdr.shape == (40, 56, 3) and hdr.dtype == np.float32
-    assert "4 tiles of 32 px" in capsys.readouterr().out
+    assert "4 tiles of 32x24 px" in capsys.readouterr().out   # 56x40: 2x2 equal cores, at most 32 px
 
 
 def test_cli_three_files_with_exposures(scene_dir, weights_file, tmp_path):

@@ -38,10 +38,17 @@ MACS_PER_PIXEL = 836_568
 PARAMETERS = 2_324_643
 
 
+# The default radius stops growing here: search work per pixel grows with the radius squared (144 (2r + 1)^2 MACs
+# per pixel, r in cells), so 5 % of a 4K image's side (192 px) made the search 4x the 96 px radius's per pixel,
+# and at 8K 16x (the 4K fuse did not finish in 10 minutes on the 2-core machine). Larger motion: pass nft_radius.
+DEFAULT_NFT_RADIUS_MAX = 96
+
+
 def default_nft_radius(height: int, width: int) -> int:
     """Search radius (full-resolution pixels) for images above GLOBAL_NFT_PIXELS: 5 % of the longer side, at
-    least 64 px — motion between the frames of a bracket grows with the resolution it is shot at."""
-    return max(64, math.ceil(max(height, width) / 20))
+    least 64 px and at most DEFAULT_NFT_RADIUS_MAX — motion between the frames of a bracket grows with the
+    resolution it is shot at, and search cost per pixel with the radius squared."""
+    return min(DEFAULT_NFT_RADIUS_MAX, max(64, math.ceil(max(height, width) / 20)))
 
 
 def _pad(x: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tensor:
@@ -138,7 +145,7 @@ class APNTFusion(nn.Module):
 
     Choices the abstract leaves open, made here: everything after "fusion stream" above (layer counts, widths,
     where texture enters — added, not concatenated — pooling and upsampling), E, the 3x3 relu3_1 patch, the
-    global-search size, the radius rule (`default_nft_radius`: 5 % of the longer side, >= 64 px), replicate
+    global-search size, the radius rule (`default_nft_radius`: 5 % of the longer side, 64-96 px), replicate
     padding. `use_long_nft` (off by default) adds the same transfer from the long frame into the reference's
     under-exposed areas: mask clip(((1 - tau) - max_c L_2) / (1 - tau), 0, 1), query clip(H_2 t_3, 0, 1), key and
     texture the long frame as shot; its texture is concatenated with the short frame's before the projection.
