@@ -32,7 +32,8 @@ RESULTS = ROOT / "bench" / "results"
 NAMES = {p.key: p.name for p in B.PROVIDERS}
 FAMILIES = B.FAMILIES + ("sweep",)
 # Sections of BENCHMARKS.md that other tools write (kept when the report is rewritten).
-FOREIGN_SECTIONS = ("## patch correspondence (issue 4)",)   # bench/match_scaling.py's SECTION
+# bench/match_scaling.py's and bench/tile_agreement.py's SECTION
+FOREIGN_SECTIONS = ("## patch correspondence (issue 4)", "## Tiled vs untiled (issue 7)")
 
 
 # ---- targets --------------------------------------------------------------------------------------------------------
