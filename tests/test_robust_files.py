@@ -201,6 +201,25 @@ def test_three_file_inputs(root, tmp_path, capfd):
     _one_error_line(capfd, "fuse", frames[2], "differs")
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_exr_is_refused(root, tmp_path, capfd, value):
+    import OpenEXR
+
+    frames = sorted(str(p) for p in _scene(root).glob("*.tif"))
+    exr = [tmp_path / f"{i}.exr" for i in range(3)]
+    for p, f in zip(exr, frames):
+        write_image(p, read_image(f) ** 2.2)
+    rgb = read_image(exr[1])
+    rgb[3, 5, 1] = value   # write_image refuses this: write through the binding
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    OpenEXR.File(header, {"RGB": np.ascontiguousarray(rgb)}).write(str(exr[1]))
+    with pytest.raises(ImageReadError, match="1 non-finite values"):
+        read_image(exr[1])
+    fuse = ["fuse", "--model", "mertens", "--exposures", "1", "4", "16", "--out", str(tmp_path / "o.exr")]
+    assert main(fuse + [str(p) for p in exr]) == 2
+    _one_error_line(capfd, "fuse", exr[1], "non-finite")
+
+
 # ---- crafted weights files --------------------------------------------------------------------------------------
 
 TINY = {"features": 8, "growth": 8, "dense_layers": 1}

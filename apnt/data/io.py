@@ -57,7 +57,7 @@ def read_image(path) -> np.ndarray:
 
     16-bit TIFF/PNG are scaled by 1/65535, 8-bit files by 1/255 (an 8-bit TIFF warns: brackets are usually
     16 bit); .hdr/.exr values are returned as stored; RAW files are demosaiced linearly with the camera's white
-    balance. Raises ImageReadError."""
+    balance. Raises ImageReadError (also for NaN / Inf values in .hdr/.exr files)."""
     path = Path(path)
     suffix = path.suffix.lower()
     is_linear(path)  # rejects unknown extensions before touching the file system
@@ -73,7 +73,12 @@ def read_image(path) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot read {kind} file, corrupt or truncated? ({_one_line(e)})") from e
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageReadError(f"{path}: empty image {rgb.shape[:2]}")
-    return np.ascontiguousarray(rgb, dtype=np.float32)
+    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    if kind in ("EXR", "HDR"):  # float formats can store NaN / Inf: they would poison a merge or a loss silently
+        bad = int(np.count_nonzero(~np.isfinite(rgb)))
+        if bad:
+            raise ImageReadError(f"{path}: {bad} non-finite values (NaN or Inf) in the image")
+    return rgb
 
 
 def _one_line(e: BaseException) -> str:
