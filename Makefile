@@ -35,7 +35,7 @@ demo: $(BUILD_STAMP)
 	$(VENV)/bin/apnt info
 	$(VENV)/bin/apnt demo --out demo_out
 
-# Every provider side by side, interleaved, in one process per run (apnt/benchcases.py); writes BENCHMARKS.md,
+# Every provider side by side, interleaved, in one process per run (apnt/benchcases/); writes BENCHMARKS.md,
 # bench/results/latest.json and the plots. `pytest bench --benchmark-enable` runs the same cases one provider at a time.
 bench: $(BUILD_STAMP)
 	$(PY) bench/report.py --rss eager,native

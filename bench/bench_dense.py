@@ -1,4 +1,4 @@
-"""Family `dense`: every case x provider x mode of apnt/benchcases.py under pytest-benchmark."""
+"""Family `dense`: every case x provider x mode of apnt/benchcases/ under pytest-benchmark."""
 import pytest
 
 from apnt import benchcases

@@ -1,6 +1,6 @@
 """Family `match`: patch_match (global search, C=256) and patch_transfer (scale 4) under pytest-benchmark.
 
-These ops take an index map and no weights, so they do not fit apnt/benchcases.py's Case/Provider pattern
+These ops take an index map and no weights, so they do not fit apnt/benchcases/'s Case/Provider pattern
 (channels_last / torch.compile providers, train mode); the cases live in bench/match_scaling.py, which also
 does the side-by-side subprocess measurements (time and peak RSS vs map size) that BENCHMARKS.md reports.
 Run: `pytest bench/bench_match.py --benchmark-enable`.

@@ -1,11 +1,11 @@
-"""Measure the cases of apnt/benchcases.py side by side and write BENCHMARKS.md and PNG plots (DESIGN §7).
+"""Measure the cases of apnt/benchcases/ side by side and write BENCHMARKS.md and PNG plots (DESIGN §7).
 
     python bench/report.py [--quick] [--repeats N] [--rss eager,native]     # measure every family, write
     python bench/report.py --family dense                                    # issue 3 only
     python bench/report.py --family models,sweep --resolutions 256x256,512x512,1500x1000   # issue 7 only
     python bench/report.py --from bench/results/latest.json                  # rewrite from an earlier measurement
 
-Families: attention, conv, dense, models (the cases of apnt/benchcases.py) and sweep (one model call per
+Families: attention, conv, dense, models (the cases of apnt/benchcases/) and sweep (one model call per
 resolution in fresh processes: time and memory vs resolution). Measurements are merged into
 bench/results/latest.json: a family measured now replaces that family's previous results (sweep points are
 replaced one (model, backend, resolution) at a time), the other families are kept, each with the machine, date
@@ -291,7 +291,7 @@ def _method(run):
         "memory exceeds 90 % of the machine's available memory is not run and says `OOM (needs ~N GB by "
         "estimate)` (activations per pixel from measured slopes; APNT-Fusion's reference texture search also "
         "holds its Lq×Lk score matrices, ~11 B per query-key pair measured by bench/match_scaling.py — at "
-        "1500×1000 that is 93,750² pairs: the score matrix alone is ~35 GB). Cases: apnt/benchcases.py.", "",
+        "1500×1000 that is 93,750² pairs: the score matrix alone is ~35 GB). Cases: apnt/benchcases/.", "",
         "**Providers.** `eager NCHW`: the `reference` backend (pure PyTorch) on contiguous tensors. "
         "`eager channels_last`: the same with inputs and weights (for a model: its weights, which every "
         "convolution's output then follows) converted to channels_last beforehand. "

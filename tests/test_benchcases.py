@@ -1,4 +1,4 @@
-"""apnt/benchcases.py: the case matrix builds, and every new kind of case (dense block, model inference, model
+"""apnt/benchcases/: the case matrix builds, and every new kind of case (dense block, model inference, model
 training step) runs through `setup(...).step()` for each eager / native provider it lists, at tiny sizes.
 The compile providers are left out (an inductor compile per case would take minutes); `apnt bench` and
 bench/ run them."""
@@ -70,8 +70,8 @@ def test_oom_is_estimated_not_tried(monkeypatch):
     assert status.startswith("OOM (needs ~") and "GB" in status
     assert B.oom_status(apnt_big, B.find_provider("native"), "inference", available=23 * 10**9) is None
     # measure() reports every provider as OOM without building anything when nothing fits
-    monkeypatch.setattr(B, "available_bytes", lambda: 1)
-    monkeypatch.setattr(B, "setup", lambda *a: pytest.fail("setup called for a case that cannot fit"))
+    monkeypatch.setattr(B.memory, "available_bytes", lambda: 1)
+    monkeypatch.setattr(B.timing, "setup", lambda *a: pytest.fail("setup called for a case that cannot fit"))
     results = B.measure(B.MODEL_CASES[0], "inference", repeats=1, warmup=1)
     assert results and all(r.status.startswith("OOM") and not r.samples_ms for r in results)
 
