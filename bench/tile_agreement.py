@@ -56,8 +56,8 @@ def run_case(model: str, width: int, height: int, budget: str, nft_radius: int |
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [SECTION, "",
-             f"`bench/tile_agreement.py` on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads), apnt at "
-             f"`{m['commit']}`, {m['date']}. One synthetic bracket per case, shipped demo weights, native "
+             f"`bench/tile_agreement.py` on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads), "
+             f"apnt at `{m['commit']}`, {m['date']}. One synthetic bracket per case, shipped demo weights, native "
              "backend: `apnt.fuse` untiled, then tiled under the `max_memory` budget. Difference = max |μ(tiled) − "
              f"μ(untiled)| over all pixels and channels; target ≤ {TARGET:g} (issue 7).", "",
              "| model | image | budget | tiles (core W×H, halo) | max abs diff (μ-law) | mean abs diff | met | "

@@ -80,9 +80,10 @@ struct WorkspaceCache {
   void* take(int64_t bytes, int64_t* got) {
     std::lock_guard<std::mutex> lock(mutex);
     int best = -1;
-    for (int i = 0; i < int(blocks.size()); ++i)
-      if (blocks[i].bytes >= bytes && blocks[i].bytes <= 2 * bytes && (best < 0 || blocks[i].bytes < blocks[best].bytes))
-        best = i;
+    for (int i = 0; i < int(blocks.size()); ++i) {
+      const int64_t size = blocks[i].bytes;
+      if (size >= bytes && size <= 2 * bytes && (best < 0 || size < blocks[best].bytes)) best = i;
+    }
     if (best < 0) return nullptr;
     const Block b = blocks[best];
     blocks.erase(blocks.begin() + best);
@@ -133,7 +134,8 @@ WorkspaceCache& workspace_cache() {
 }  // namespace
 
 at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat memory_format) {
-  TORCH_INTERNAL_ASSERT(memory_format == at::MemoryFormat::Contiguous || memory_format == at::MemoryFormat::ChannelsLast);
+  TORCH_INTERNAL_ASSERT(memory_format == at::MemoryFormat::Contiguous ||
+                        memory_format == at::MemoryFormat::ChannelsLast);
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const int64_t bytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));

@@ -66,7 +66,8 @@ void fill_buffer(const at::Tensor& x, at::TensorList weights, at::TensorList bia
 }
 
 at::Tensor new_buffer(const at::Tensor& x, int64_t channels) {
-  return empty_large({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  return empty_large({x.size(0), channels, x.size(2), x.size(3)},
+                     x.options().memory_format(at::MemoryFormat::ChannelsLast));
 }
 
 // The block's own buffers (never returned to the caller; autograd may keep the forward one until backward).
