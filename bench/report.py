@@ -191,7 +191,9 @@ def merge(old: dict, new: dict) -> dict:
     families = dict(old["families"])
     for name, entry in new["families"].items():
         if name == "sweep" and "sweep" in families:
-            keep = [p for p in families["sweep"]["rows"] if _sweep_key(p) not in {_sweep_key(q) for q in entry["rows"]}]
+            before = families["sweep"]
+            keep = [dict(p, commit=p.get("commit", before.get("machine", {}).get("commit", "unknown")))
+                    for p in before["rows"] if _sweep_key(p) not in {_sweep_key(q) for q in entry["rows"]}]
             entry = dict(entry, rows=keep + entry["rows"])
         families[name] = entry
     return {"version": 2, "families": families}
@@ -312,16 +314,19 @@ def _sweep_section(entry, plots):
            "process's peak over its life). Untiled `model(ldr, exposure)` with random weights; where the whole "
            "image does not fit, `native` runs through `apnt.fuse(..., max_memory=)` (tiled, marked) and the "
            "reference says OOM (by estimate, not tried). Sizes are width×height; APNT-Fusion searches the whole "
-           f"image up to 1500×1000 pixels and a radius beyond. Measured: {_who(entry)}.", "",
-           "| model | backend | size | time s | peak RSS of the call | process peak RSS | note |",
-           "|---|---|---|---|---|---|---|"]
+           f"image up to 1500×1000 pixels and a radius beyond. Latest run: {_who(entry)}; points of earlier runs "
+           "are kept, and each row names the apnt commit that measured it.", "",
+           "| model | backend | size | time s | peak RSS of the call | process peak RSS | note | apnt |",
+           "|---|---|---|---|---|---|---|---|"]
     for p in rows:
         name = f"{B.MODEL_TITLES.get(p['model'], p['model'])} | {NAMES[p['provider']]} | {p['width']}×{p['height']}"
+        commit = f"`{p['commit']}`" if p.get("commit") else "–"
         if p["status"] != "ok":
-            out.append(f"| {name} | – | – | – | {p['status']} |")
+            out.append(f"| {name} | – | – | – | {p['status']} | {commit} |")
             continue
         out.append(f"| {name} | {p['step_seconds']:.2f} | {p['step_peak_mib']:.0f} MiB | "
-                   f"{p['process_peak_mib']:.0f} MiB | {'tiled (apnt.fuse max_memory)' if p['tiled'] else ''} |")
+                   f"{p['process_peak_mib']:.0f} MiB | {'tiled (apnt.fuse max_memory)' if p['tiled'] else ''} | "
+                   f"{commit} |")
     return out + [""] + [f"![{q.stem}]({q})" for q in plots] + [""]
 
 
@@ -485,7 +490,8 @@ def measure(args, families) -> dict:
                          timeout=args.timeout)
         run = {"seconds": time.perf_counter() - start, "loadavg": [load, os.getloadavg()[0]],
                "resolutions": [list(r) for r in args.resolutions], "timeout": args.timeout}
-        out["sweep"] = {"machine": B.machine(), "run": run, "rows": points}
+        info = B.machine()
+        out["sweep"] = {"machine": info, "run": run, "rows": [dict(p, commit=info["commit"]) for p in points]}
     return {"version": 2, "families": out}
 
 
