@@ -4,7 +4,7 @@ Each case runs a real `python -m apnt fuse SCENE --max-memory SIZE` in a fresh c
 saved as .safetensors, a Kalantari-layout scene of three 16-bit TIFFs, default intra-op threads) and measures the
 child's own peak RSS: `os.wait4` returns the rusage of exactly that child (RUSAGE_CHILDREN would report the largest
 child this pytest process ever waited for). The bound is 1.2 x the budget; the budget covers the interpreter with
-torch (~0.6 GB), the whole-image buffers and the tiles (apnt/infer.py, `estimate_peak`).
+torch (~0.6 GB), the whole-image buffers and the tiles (apnt/tiling.py, `estimate_peak`).
 
 The 1000x750 case runs in `make test` (~70 s on the loaded 2-core development machine, most of it AHDRNet's
 arithmetic). The larger ones have "fuzz" in their names and run under `make fuzz` only (APNT_FUZZ_LARGE=1, or

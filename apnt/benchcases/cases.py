@@ -139,7 +139,7 @@ CASES: tuple[Case, ...] = (
 
 MODEL_TITLES = {"ahdrnet": "AHDRNet", "apnt": "APNT-Fusion"}
 # Peak bytes per pixel (and sample) of one untiled inference, to skip what cannot fit (DESIGN §7: "OOM").
-# AHDRNet: apnt/infer.py's BYTES_PER_TILE_PIXEL (peak-RSS slopes measured on the 2-core / 23 GB machine).
+# AHDRNet: apnt/tiling.py's BYTES_PER_TILE_PIXEL (peak-RSS slopes measured on the 2-core / 23 GB machine).
 # APNT-Fusion: the torch profiler's allocation trace of one no_grad call, slope between 64² and 128²
 # (reference 7.3e3 B/px once the search's share is taken out, native 2.2e3), times the 1.25 that AHDRNet's
 # reference shows between such a trace (4.1e3) and its RSS slope. The eager channels_last and compile

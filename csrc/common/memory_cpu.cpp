@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <limits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <vector>
 
@@ -92,15 +92,21 @@ struct WorkspaceCache {
     return b.data;
   }
 
-  // Keeps the block (if given), then frees the oldest blocks until the cache is within its cap.
+  // Keeps the block, then trims.
   void give_back(void* data, int64_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      blocks.push_back({data, bytes});
+      held += bytes;
+    }
+    trim();
+  }
+
+  // Frees the oldest blocks until the cache is within its cap.
+  void trim() {
     std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex);
-      if (data) {
-        blocks.push_back({data, bytes});
-        held += bytes;
-      }
       while (held > effective_cap() && !blocks.empty()) {
         evicted.push_back(blocks.front().data);
         held -= blocks.front().bytes;
@@ -165,7 +171,7 @@ void hold_workspaces(bool on) {
     return;
   }
   TORCH_CHECK(hold_depth.load() > 0, "hold_workspaces(false) without a matching hold_workspaces(true)");
-  if (--hold_depth == 0) workspace_cache().give_back(nullptr, 0);  // back within the cap
+  if (--hold_depth == 0) workspace_cache().trim();  // back within the cap
 }
 
 int64_t cached_workspace_bytes() {
