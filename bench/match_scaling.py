@@ -319,10 +319,11 @@ def markdown(res: dict) -> str:
     return "\n".join(L).rstrip() + "\n"
 
 
-def write_md(path: pathlib.Path, section: str) -> None:
+def write_md(path: pathlib.Path, section: str, heading: str = SECTION) -> None:
+    """Replace the `heading` section of the markdown file at `path` by `section` (appended when absent)."""
     text = path.read_text() if path.exists() else ""
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
+    if heading in text:
+        head, _, rest = text.partition(heading)
         nxt = rest.find("\n## ")
         text = head + section + (rest[nxt + 1:] if nxt >= 0 else "")
     else:

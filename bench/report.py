@@ -192,8 +192,9 @@ def merge(old: dict, new: dict) -> dict:
     for name, entry in new["families"].items():
         if name == "sweep" and "sweep" in families:
             before = families["sweep"]
+            fresh = {_sweep_key(q) for q in entry["rows"]}
             keep = [dict(p, commit=p.get("commit", before.get("machine", {}).get("commit", "unknown")))
-                    for p in before["rows"] if _sweep_key(p) not in {_sweep_key(q) for q in entry["rows"]}]
+                    for p in before["rows"] if _sweep_key(p) not in fresh]
             entry = dict(entry, rows=keep + entry["rows"])
         families[name] = entry
     return {"version": 2, "families": families}

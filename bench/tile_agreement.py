@@ -73,17 +73,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_md(path: pathlib.Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        nxt = rest.find("\n## ")
-        text = head + section + (rest[nxt:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--md", type=pathlib.Path, help="write the section into this markdown file")
@@ -101,7 +90,8 @@ def main(argv=None) -> int:
     if not args.quick:
         (RESULTS / "tile_agreement.json").write_text(json.dumps(res, indent=1) + "\n")
     if args.md:
-        write_md(args.md, markdown(res))
+        from match_scaling import write_md   # bench/ is this script's directory, first on sys.path
+        write_md(args.md, markdown(res), SECTION)
     return 0 if all(r["max_abs_mu"] <= TARGET for r in cases) else 1
 
 
