@@ -250,12 +250,33 @@ def test_tiled_matches_untiled(scene, nft_radius):
     whole = explain(ldr, exposure, model, nft_radius=nft_radius)
     tiled = _fuse(ldr, exposure, model, tile=32, overlap=8, explain=True, nft_radius=nft_radius)
     halo = model.receptive_radius if nft_radius is None else model.receptive_radius + 4 * (2 + 3) + 16
-    assert tiled.plan.count == 15 and tiled.plan.halo == halo and tiled.plan.multiple == 4
+    assert tiled.plan.count == 15 and tiled.plan.halo == halo and tiled.plan.multiple == 16
     assert model.nft_radius is None  # the call's radius does not stick
     err = (mu_law(tiled.maps["output"]) - mu_law(whole["output"])).abs().max().item()
     assert err < 1e-5, err  # DESIGN §6 asks 1e-3; a halo covering every stage makes the tiles exact
     torch.testing.assert_close(tiled.maps["displacement"], whole["displacement"], rtol=0, atol=1e-4)
     assert whole["displacement"].shape == (1, 2, 64, 128) and whole["attention_scale"].shape == (1, 1, 64, 128)
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_tile_grid_makes_vgg_features_exact(backend):
+    """A tile whose origin is on the 16 px grid sees, away from its border, bitwise the whole image's relu3_1
+    features: radius-mode tiles then score every candidate exactly as untiled inference does, and near-tied
+    matches in flat areas resolve the same way. On a 4 px grid the native Winograd tiles fall elsewhere."""
+    vgg = APNTFusion(features=8, dense_layers=1, backend=backend).vgg
+    image = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(3))
+    whole = vgg(image)["relu3_1"]
+    cells = apnt_fusion.VGG_RADIUS // 4  # relu3_1 cells a crop's border reaches into
+
+    def crop_matches(y0, x0, size=96):
+        f = vgg(image[..., y0:y0 + size, x0:x0 + size])["relu3_1"]
+        inner = (slice(None), slice(None), slice(cells, size // 4 - cells), slice(cells, size // 4 - cells))
+        return torch.equal(f[inner], whole[..., y0 // 4:(y0 + size) // 4, x0 // 4:(x0 + size) // 4][inner])
+
+    assert APNTFusion.tile_multiple == apnt_fusion.TILE_MULTIPLE == 16
+    assert crop_matches(16, 32) and crop_matches(32, 64)
+    if backend == "native":
+        assert not crop_matches(20, 36)  # why the grid is 16 px, not the pyramid's 4
 
 
 def test_tiles_need_the_halo_and_the_grid(scene, monkeypatch):

@@ -30,6 +30,11 @@ VGG_CHANNELS = (64, 128, 256)
 # Input pixels behind one relu3_1 feature on each side: conv1_1, conv1_2 (1 px each), a 2x2 pool (1), conv2_1,
 # conv2_2 (2 px each), a pool (2), conv3_1 (4) = 13, rounded up to whole relu3_1 cells.
 VGG_RADIUS = 16
+# Tile origins sit on a 16 px grid: 4 x 4 Winograd output tiles at relu3_1 (1/4 scale), and so at every finer VGG
+# level too. A tile's VGG features are then bitwise the whole image's, and a flat region's near-tied matches
+# (scores 1e-6 apart) resolve as untiled: on a 4 px grid, 6 of 27,810 cells of a 1920x1080 tile did not (5.8e-3
+# in μ-law, bench/tile_agreement.py).
+TILE_MULTIPLE = 16
 PATCH = 3                               # patch_match / patch_transfer patch at relu3_1 (12 px at full size)
 _SLOPE = 0.01
 # The default config's cost and size, counted by tests/test_apnt_fusion.py (convolution multiply-adds per output
@@ -173,7 +178,7 @@ class APNTFusion(nn.Module):
     """
 
     name = "apnt"
-    tile_multiple = MULTIPLE  # tiled inference aligns tile origins to the pyramid's grid
+    tile_multiple = TILE_MULTIPLE  # tiled inference aligns tile origins to the pyramid's and the VGG's grids
 
     def __init__(self, features: int = 32, dense_layers: int = 4, tau: float = 0.9, nft_radius: int | None = None,
                  use_nft: bool = True, use_saturation_attention: bool = True, use_scale_attention: bool = True,
