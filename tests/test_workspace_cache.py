@@ -136,3 +136,65 @@ def test_hold_keeps_blocks_over_the_cap_and_trims_on_exit():
     held, after = map(int, done.stdout.split()[-2:])
     assert held == _buffer_bytes(torch.empty(1, C, 128, 128))   # one block, reused by the second call
     assert after == 0
+
+
+# ---- while held, large ATen allocations come from the cache too (c10's CPU allocator is wrapped) ---------------
+
+MB = 2**20
+
+
+def test_held_aten_allocations_reuse_freed_blocks():
+    with apnt.ops.hold_workspaces():
+        a = torch.ones(16 * MB // 4)
+        where = a.data_ptr()
+        del a                                              # back to the cache, pages still in
+        assert apnt.ops.workspace_cache_bytes() == 16 * MB
+        b = torch.zeros(15 * MB // 4)                      # 94 % of the block: served by it
+        assert b.data_ptr() == where and apnt.ops.workspace_cache_bytes() == 0
+        assert torch.count_nonzero(b) == 0                 # zeros are zeros on a recycled block
+        c = torch.empty(8 * MB // 4)                       # half: a block of its own, not the 16 MB one
+        assert c.data_ptr() != where
+        small = torch.ones(1024)                           # under 4 MB: the allocator it replaced
+        del b, c, small
+    assert apnt.ops.workspace_cache_bytes() == 24 * MB     # within the default 256 MiB cap after the hold
+
+
+def test_held_tensor_outlives_the_hold_and_resizes():
+    with apnt.ops.hold_workspaces():
+        t = torch.arange(2 * MB, dtype=torch.float32)      # 8 MB
+    t.resize_(4 * MB)                                      # its storage grows like any other
+    assert torch.equal(t[:2 * MB], torch.arange(2 * MB, dtype=torch.float32))
+    del t
+    assert apnt.ops.workspace_cache_bytes() == 8 * MB      # the held block came back once the tensor died
+
+
+def test_held_cache_never_raises_the_peak():
+    # The high-water mark after empty_cache() is what is live now: a cached block that a new request could not use
+    # is freed before that request allocates, so cached + live stays within the peak the calls reach without it.
+    with apnt.ops.hold_workspaces():
+        a = torch.empty(32 * MB // 4)
+        del a
+        assert apnt.ops.workspace_cache_bytes() == 32 * MB
+        b = torch.empty(64 * MB // 4)                      # no fit: the 32 MB block goes first
+        assert apnt.ops.workspace_cache_bytes() == 0
+        del b                                              # the mark is 64 MB now
+        c = torch.empty(32 * MB // 4)                      # 32 live + 64 cached would pass it: b's block goes
+        assert apnt.ops.workspace_cache_bytes() == 0
+        d = torch.empty(16 * MB // 4)
+        del d
+        e = torch.empty(8 * MB // 4)                       # 32 + 8 live + 16 cached: within the mark, kept
+        assert apnt.ops.workspace_cache_bytes() == 16 * MB
+        del c, e
+
+
+def test_model_result_does_not_depend_on_the_cache():
+    from apnt.models import AHDRNet
+    torch.manual_seed(0)
+    net = AHDRNet(features=16, growth=8, dense_layers=2, backend="native").eval()
+    ldr, exposure = torch.rand(1, 3, 3, 256, 320), torch.tensor([[1.0, 4.0, 16.0]])  # 16-channel maps: 5 MB
+    with torch.no_grad():
+        first = net(ldr, exposure)           # fresh blocks
+        with apnt.ops.hold_workspaces():
+            torch.full((64 * MB // 4,), float("nan"))  # dirty blocks the next call may draw
+        second = net(ldr, exposure)
+    assert torch.equal(first, second)

@@ -6,6 +6,8 @@ Every layer runs through `apnt.ops`, so `backend` picks the implementation of th
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -92,6 +94,14 @@ class AHDRNet(nn.Module):
         return maps
 
     def _run(self, ldr, exposure, maps):
+        # With the native backend every large tensor of the call (ours and ATen's) comes from the workspace cache:
+        # a map freed here serves the next of its size, already paged in (apnt.ops.hold_workspaces; at 1500x1000
+        # the call allocates ~14 GB of maps with a 3 GB peak). `reference` stays plain PyTorch: the baseline.
+        native = ops._backends.select("conv2d", self._backend, ldr.device, ldr.dtype) == "native"
+        with ops.hold_workspaces() if native else contextlib.nullcontext():
+            return self._layers(ldr, exposure, maps)
+
+    def _layers(self, ldr, exposure, maps):
         f1, f2, f3 = self.encode(ldr, exposure)
         if maps is None:
             g1 = self._gate(self.att11, self.att12, f1, f2)
@@ -112,11 +122,10 @@ class AHDRNet(nn.Module):
         del g1, g3
         f0 = self._conv(self.conv2, stacked)
         del stacked
-        with ops.hold_workspaces():   # the three blocks share one buffer allocation (native)
-            r1 = self.RDB1(f0)
-            del f0
-            r2 = self.RDB2(r1)
-            r3 = self.RDB3(r2)
+        r1 = self.RDB1(f0)   # the three blocks share one buffer allocation (native)
+        del f0
+        r2 = self.RDB2(r1)
+        r3 = self.RDB3(r2)
         stacked = torch.cat([r1, r2, r3], 1)
         del r1, r2, r3
         fused = self._conv(self.GFF_3x3, self._conv(self.GFF_1x1, stacked))
