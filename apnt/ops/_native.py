@@ -44,7 +44,7 @@ def hold_workspaces():
     """Within the block, the workspace cache keeps what native ops free whatever its size, so consecutive ops that
     need the same large buffer allocate it once (AHDRNet's three dense blocks: 1.5 GB each at 1500x1000), and every
     CPU tensor of 4 MB or more (PyTorch's own too: torch.cat, clone) is drawn from it: a freed map serves the next
-    of nearly its size with its pages already in, instead of fresh pages the kernel must fault in and zero. Cached
+    of half to all its size with its pages already in, instead of fresh pages the kernel must fault in and zero. Cached
     plus live blocks stay within the most that was live before, so the peak does not rise. On exit the cache
     shrinks back to APNT_WORKSPACE_CACHE_MB. Nests; a no-op without the extension or while torch.compile traces."""
     active = load_error() is None and not torch.compiler.is_compiling()

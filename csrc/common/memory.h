@@ -35,7 +35,7 @@ at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& optio
 // While held (calls nest), the cache keeps blocks of any size: a model whose consecutive blocks need the same large
 // buffer (AHDRNet's three dense blocks, 1.5 GB each at 1500x1000) allocates it once. Held, every CPU allocation of
 // 4 MB or more, ATen's included, is a cache block too (the first hold wraps c10's CPU allocator): a freed map serves
-// the next one of 89-100 % of its size. Cached plus live blocks never exceed the most that was live (since the last
+// the next one of 50-100 % of its size. Cached plus live blocks never exceed the most that was live (since the last
 // release_workspaces), so holding does not raise a peak. The last release trims the cache back to its cap.
 void hold_workspaces(bool on);
 

@@ -81,12 +81,15 @@ struct WorkspaceCache {
   int64_t high_water = 0;     // the most `live` has been (since the last release(): apnt.ops.empty_cache())
 
   // The smallest cached block of bytes..bytes*max_ratio (a much larger one would waste what it holds), or null.
+  // While held, a block larger than the request only when its slack does not lift `live` past the high-water mark.
   void* take(int64_t bytes, double max_ratio, int64_t* got) {
     std::lock_guard<std::mutex> lock(mutex);
+    const int64_t room = hold_depth.load() > 0 ? std::max(high_water, live + bytes) : -1;
     int best = -1;
     for (int i = 0; i < int(blocks.size()); ++i) {
       const int64_t size = blocks[i].bytes;
-      if (size >= bytes && double(size) <= max_ratio * double(bytes) && (best < 0 || size < blocks[best].bytes))
+      if (size >= bytes && double(size) <= max_ratio * double(bytes) && (room < 0 || live + size <= room) &&
+          (best < 0 || size < blocks[best].bytes))
         best = i;
     }
     if (best < 0) return nullptr;
@@ -177,12 +180,12 @@ WorkspaceCache& workspace_cache() {
 // While workspaces are held, every large CPU allocation (ATen's too: torch.cat, clone, op outputs) is a cache
 // block: AHDRNet at 1500x1000 allocates ~11 GB of 64-channel maps per call with a 3 GB peak, and a fresh page
 // costs a fault and the kernel's zeroing (clear_page: 18 % of the call's CPU time on the 2-core EPYC). A freed map's
-// block serves the next map of (nearly) its size instead. Installed as c10's CPU allocator at the first hold;
+// block serves the next map of up to its size instead. Installed as c10's CPU allocator at the first hold;
 // outside a hold it hands every request to the allocator it replaced, untouched.
 namespace {
 
 constexpr size_t kHeldMinBytes = size_t(4) << 20;  // smaller ones: glibc reuses them already
-constexpr double kHeldMaxRatio = 1.125;           // a block serves requests of 89-100 % of its size
+constexpr double kHeldMaxRatio = 2.0;             // a block serves requests of 50-100 % of its size
 
 struct HeldBlocks {
   std::mutex mutex;
