@@ -20,6 +20,10 @@ at::Tensor to_format_fast(const at::Tensor& t, at::MemoryFormat format);
 // block's input written into its buffer. False (nothing written) for any other operands.
 bool copy_nchw_into_pixel_major(const at::Tensor& src, at::Tensor& dst);
 
+// dst = src for float32 src and dst that are both channels_last (or channel slices of one): a pixel's channels
+// as one memcpy (the dense block's channels_last input into its buffer). False (nothing written) otherwise.
+bool copy_pixel_major(const at::Tensor& src, at::Tensor& dst);
+
 // dst[j * dst_row + i] = src[i * src_row + j] for i < rows, j < cols, by 16 x 16 blocks, on the calling thread
 // (for kernels that gather tiles inside their own parallel region).
 void transpose_matrix(const float* src, int64_t src_row, float* dst, int64_t dst_row, int64_t rows, int64_t cols);

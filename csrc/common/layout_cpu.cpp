@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "common/cpu_features.h"
 #include "common/memory.h"
@@ -117,6 +118,24 @@ void transpose_matrix(const float* src, int64_t src_row, float* dst, int64_t dst
     for (int64_t i0 = 0; i0 < rows; i0 += kB)
       fn(src + i0 * src_row + j0, src_row, int(std::min(kB, rows - i0)), int(std::min(kB, cols - j0)),
          dst + j0 * dst_row + i0, dst_row);
+}
+
+bool copy_pixel_major(const at::Tensor& src, at::Tensor& dst) {
+  int64_t src_step = 0, dst_step = 0;
+  if (src.scalar_type() != at::kFloat || dst.scalar_type() != at::kFloat || !src.is_cpu() || !dst.is_cpu() ||
+      src.sizes() != dst.sizes() || src.numel() == 0 || !pixel_major(src, src_step) || !pixel_major(dst, dst_step))
+    return false;
+  const int64_t C = src.size(1), HW = src.size(2) * src.size(3), N = src.size(0);
+  const float* s = src.data_ptr<float>();
+  float* d = dst.data_ptr<float>();
+  const int64_t s_image = src.stride(0), d_image = dst.stride(0);
+  at::parallel_for(0, N * HW, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / HW, q = p % HW;
+      std::memcpy(d + n * d_image + q * dst_step, s + n * s_image + q * src_step, size_t(C) * sizeof(float));
+    }
+  });
+  return true;
 }
 
 at::Tensor channels_last_fast(const at::Tensor& t) {

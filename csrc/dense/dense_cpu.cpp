@@ -11,9 +11,9 @@ namespace dense {
 namespace cpu {
 
 void slice_copy(const at::Tensor& src, at::Tensor& buffer, int64_t c0, bool accumulate) {
-  if (!accumulate && !grid_emulation_enabled() && src.is_contiguous()) {  // NCHW x: one transpose into the slice
+  if (!accumulate && !grid_emulation_enabled()) {  // NCHW x: one transpose into the slice; channels_last: memcpys
     at::Tensor slice = buffer.narrow(1, c0, src.size(1));
-    if (copy_nchw_into_pixel_major(src, slice)) return;
+    if (src.is_contiguous() ? copy_nchw_into_pixel_major(src, slice) : copy_pixel_major(src, slice)) return;
   }
   slice_copy_impl(src, buffer, c0, accumulate, CpuLauncher{});
 }
