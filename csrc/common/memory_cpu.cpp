@@ -242,8 +242,8 @@ void install_holding_allocator() {
   static std::once_flag once;
   std::call_once(once, [] {
     replaced_allocator = c10::GetCPUAllocator();
-    static HoldingCpuAllocator allocator;
-    c10::SetCPUAllocator(&allocator, /*priority=*/1);
+    // Never destroyed: c10 keeps the pointer, and tensors may be allocated during interpreter shutdown.
+    c10::SetCPUAllocator(new HoldingCpuAllocator, /*priority=*/1);
   });
 }
 
