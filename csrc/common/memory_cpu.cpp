@@ -178,7 +178,7 @@ WorkspaceCache& workspace_cache() {
 }  // namespace
 
 // While workspaces are held, every large CPU allocation (ATen's too: torch.cat, clone, op outputs) is a cache
-// block: AHDRNet at 1500x1000 allocates ~11 GB of 64-channel maps per call with a 3 GB peak, and a fresh page
+// block: AHDRNet at 1500x1000 allocates ~14 GB of maps per call with a ~2.9 GB peak, and a fresh page
 // costs a fault and the kernel's zeroing (clear_page: 18 % of the call's CPU time on the 2-core EPYC). A freed map's
 // block serves the next map of up to its size instead. Installed as c10's CPU allocator at the first hold;
 // outside a hold it hands every request to the allocator it replaced, untouched.
