@@ -80,15 +80,23 @@ struct WorkspaceCache {
   int64_t live = 0;           // bytes of blocks handed out and not yet given back
   int64_t high_water = 0;     // the most `live` has been (since the last release(): apnt.ops.empty_cache())
 
-  // The smallest cached block of bytes..bytes*max_ratio (a much larger one would waste what it holds), or null.
-  // While held, a block larger than the request only when its slack does not lift `live` past the high-water mark.
-  void* take(int64_t bytes, double max_ratio, int64_t* got) {
+  // A block of at least `bytes` (its size in *got): a cached one if any fits, else a new one.
+  void* obtain(int64_t bytes, int64_t* got) {
+    if (void* data = take(bytes, got)) return data;
+    *got = bytes;
+    return allocate(bytes);
+  }
+
+ private:
+  // The smallest cached block of bytes..2*bytes (a much larger one would waste what it holds), or null. While
+  // held, a block larger than the request only when its slack does not lift `live` past the high-water mark.
+  void* take(int64_t bytes, int64_t* got) {
     std::lock_guard<std::mutex> lock(mutex);
     const int64_t room = hold_depth.load() > 0 ? std::max(high_water, live + bytes) : -1;
     int best = -1;
     for (int i = 0; i < int(blocks.size()); ++i) {
       const int64_t size = blocks[i].bytes;
-      if (size >= bytes && double(size) <= max_ratio * double(bytes) && (room < 0 || live + size <= room) &&
+      if (size >= bytes && size <= 2 * bytes && (room < 0 || live + size <= room) &&
           (best < 0 || size < blocks[best].bytes))
         best = i;
     }
@@ -109,11 +117,7 @@ struct WorkspaceCache {
     {
       std::lock_guard<std::mutex> lock(mutex);
       const int64_t bound = std::max(high_water, live + bytes);
-      while (hold_depth.load() > 0 && held > 0 && live + bytes + held > bound) {
-        evicted.push_back(blocks.front().data);
-        held -= blocks.front().bytes;
-        blocks.erase(blocks.begin());
-      }
+      while (hold_depth.load() > 0 && held > 0 && live + bytes + held > bound) evict_oldest(evicted);
       note_live(bytes);
     }
     for (void* p : evicted) c10::free_cpu(p);
@@ -122,6 +126,7 @@ struct WorkspaceCache {
     return data;
   }
 
+ public:
   // Keeps the block, then trims.
   void give_back(void* data, int64_t bytes) {
     {
@@ -138,11 +143,7 @@ struct WorkspaceCache {
     std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex);
-      while (held > effective_cap() && !blocks.empty()) {
-        evicted.push_back(blocks.front().data);
-        held -= blocks.front().bytes;
-        blocks.erase(blocks.begin());
-      }
+      while (held > effective_cap() && !blocks.empty()) evict_oldest(evicted);
     }
     for (void* p : evicted) c10::free_cpu(p);  // outside the lock: returning pages to the kernel takes a while
   }
@@ -164,6 +165,12 @@ struct WorkspaceCache {
   }
 
  private:
+  void evict_oldest(std::vector<void*>& evicted) {  // mutex held; the caller frees them outside the lock
+    evicted.push_back(blocks.front().data);
+    held -= blocks.front().bytes;
+    blocks.erase(blocks.begin());
+  }
+
   void note_live(int64_t bytes) {  // mutex held
     live += bytes;
     high_water = std::max(high_water, live);
@@ -185,7 +192,6 @@ WorkspaceCache& workspace_cache() {
 namespace {
 
 constexpr size_t kHeldMinBytes = size_t(4) << 20;  // smaller ones: glibc reuses them already
-constexpr double kHeldMaxRatio = 2.0;             // a block serves requests of 50-100 % of its size
 
 struct HeldBlocks {
   std::mutex mutex;
@@ -218,13 +224,8 @@ struct HoldingCpuAllocator final : c10::Allocator {
     if (hold_depth.load() == 0 || n < kHeldMinBytes) {
       return replaced_allocator->allocate(n);  // raw_deleter below frees its raw allocations as it would
     }
-    const int64_t bytes = int64_t(n);
     int64_t got = 0;
-    void* data = workspace_cache().take(bytes, kHeldMaxRatio, &got);
-    if (!data) {
-      got = bytes;
-      data = workspace_cache().allocate(bytes);
-    }
+    void* data = workspace_cache().obtain(int64_t(n), &got);
     {
       HeldBlocks& h = held_blocks();
       std::lock_guard<std::mutex> lock(h.mutex);
@@ -259,11 +260,7 @@ at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& optio
                          (memory_format == at::MemoryFormat::Contiguous || sizes.size() == 4);
   if (!cacheable) return empty_large(sizes, options.memory_format(memory_format));
   int64_t block_bytes = 0;
-  void* data = workspace_cache().take(bytes, 2.0, &block_bytes);
-  if (!data) {
-    block_bytes = bytes;
-    data = workspace_cache().allocate(bytes);
-  }
+  void* data = workspace_cache().obtain(bytes, &block_bytes);
   at::Tensor flat = at::from_blob(
       data, {numel}, [block_bytes](void* p) { workspace_cache().give_back(p, block_bytes); },
       options.memory_format(c10::nullopt));
