@@ -1,7 +1,8 @@
 """The native CPU workspace cache (csrc/common/memory.h): the dense block's buffers are reused across calls.
 
 A reused block holds the previous call's data, so these tests check that nothing of it leaks into a result, that
-training (the buffer saved for backward) hands the block back, and that the cap and apnt.ops.empty_cache work."""
+training (the buffer saved for backward) hands the block back, that cached pages are moved rather than allocated
+afresh, and that the cap, the retention after a hold and apnt.ops.empty_cache work. Blocks are whole 2 MiB pages."""
 from __future__ import annotations
 
 import os
@@ -34,9 +35,17 @@ def _block(x, params, **kw):
     return dilated_dense_block(x, weights, biases, fuse_w, fuse_b, backend="native", **kw)
 
 
+MB = 2**20
+
+
+def _pages(nbytes):
+    """The cache's block for a request of nbytes: whole 2 MiB pages."""
+    return -(-nbytes // (2 * MB)) * 2 * MB
+
+
 def _buffer_bytes(x):
     n, _, h, w = x.shape
-    return n * (C + L * G) * h * w * 4
+    return _pages(n * (C + L * G) * h * w * 4)
 
 
 @pytest.fixture(autouse=True)
@@ -61,16 +70,16 @@ def test_buffer_is_kept_and_reused_without_leaking_data():
     assert torch.equal(reused, fresh)
 
 
-def test_smaller_request_reuses_a_larger_block_and_much_smaller_does_not():
+def test_smaller_requests_take_part_of_a_larger_block():
     params = _params(1)
     with torch.no_grad():
-        _block(torch.randn(1, C, 64, 64), params)
-        big = _buffer_bytes(torch.empty(1, C, 64, 64))
-        _block(torch.randn(1, C, 60, 60), params)        # fits in the 64x64 block (< 2x): reused
+        _block(torch.randn(1, C, 256, 256), params)      # a 10.5 MB buffer: 12 MiB of pages
+        big = _buffer_bytes(torch.empty(1, C, 256, 256))
+        _block(torch.randn(1, C, 200, 200), params)      # the head of that block; the rest stays cached
         assert apnt.ops.workspace_cache_bytes() == big
         x = torch.randn(1, C, 16, 16)
-        out = _block(x, params)                           # far smaller: its own block, both kept
-        assert apnt.ops.workspace_cache_bytes() == big + _buffer_bytes(x)
+        out = _block(x, params)                           # far smaller: still drawn from the same pages
+        assert apnt.ops.workspace_cache_bytes() == big
     ref = dilated_dense_block(x, *params[:2], *params[2:], backend="reference")
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
@@ -140,8 +149,6 @@ def test_hold_keeps_blocks_over_the_cap_and_trims_on_exit():
 
 # ---- while held, large ATen allocations come from the cache too (c10's CPU allocator is wrapped) ---------------
 
-MB = 2**20
-
 
 def test_held_aten_allocations_reuse_freed_blocks():
     with apnt.ops.hold_workspaces():
@@ -149,14 +156,14 @@ def test_held_aten_allocations_reuse_freed_blocks():
         where = a.data_ptr()
         del a                                              # back to the cache, pages still in
         assert apnt.ops.workspace_cache_bytes() == 16 * MB
-        b = torch.zeros(15 * MB // 4)                      # 94 % of the block: served by it
+        b = torch.zeros(15 * MB // 4)                      # 15 MB: the first 16 MiB of pages of that block
         assert b.data_ptr() == where and apnt.ops.workspace_cache_bytes() == 0
         assert torch.count_nonzero(b) == 0                 # zeros are zeros on a recycled block
-        c = torch.empty(8 * MB // 4)                       # half: a block of its own, not the 16 MB one
-        assert c.data_ptr() != where
+        c = torch.empty(5 * MB // 4)                       # nothing cached: fresh pages, whole 2 MiB ones
+        assert c.data_ptr() % (2 * MB) == 0
         small = torch.ones(1024)                           # under 4 MB: the allocator it replaced
         del b, c, small
-    assert apnt.ops.workspace_cache_bytes() == 24 * MB     # within the default 256 MiB cap after the hold
+        assert apnt.ops.workspace_cache_bytes() == 22 * MB
 
 
 def test_held_tensor_outlives_the_hold_and_resizes():
@@ -168,24 +175,39 @@ def test_held_tensor_outlives_the_hold_and_resizes():
     assert apnt.ops.workspace_cache_bytes() == 8 * MB      # the held block came back once the tensor died
 
 
-def test_held_cache_never_raises_the_peak():
-    # The high-water mark after empty_cache() is what is live now: a cached block that a new request cannot use is
-    # freed before that request allocates, so cached + live stays within the peak the calls reach without the cache.
+def test_a_larger_request_moves_the_cached_pages_instead_of_allocating():
+    # Cached blocks too small for a request are not freed: their pages move (mremap) into the new block side by side,
+    # data and all, and only the rest is fresh. Cached plus live bytes thus stay within what the calls have live.
     with apnt.ops.hold_workspaces():
-        a = torch.empty(32 * MB // 4)
-        del a
-        assert apnt.ops.workspace_cache_bytes() == 32 * MB
-        b = torch.empty(64 * MB // 4)                      # no fit, and 64 + 32 would pass the mark: a's block goes
+        a = torch.full((8 * MB // 4,), 1.0)
+        b = torch.full((4 * MB // 4,), 2.0)
+        del a, b
+        assert apnt.ops.workspace_cache_bytes() == 12 * MB
+        c = torch.empty(20 * MB // 4)                      # 8 MiB of a's pages, then 4 of b's, then 8 fresh ones
         assert apnt.ops.workspace_cache_bytes() == 0
-        where = b.data_ptr()
-        del b                                              # the mark is 64 MB now
-        c = torch.empty(40 * MB // 4)                      # b's block, slack and all: still within the mark
-        assert c.data_ptr() == where and apnt.ops.workspace_cache_bytes() == 0
-        d = torch.empty(20 * MB // 4)                      # a fresh block; so is e below (d's is too small for it)
+        # (Checked through bool maps of 2 MB at most: a 4 MB temporary would come from the cache too.)
+        assert c[:8 * MB // 4].eq(1.0).all() and c[8 * MB // 4:12 * MB // 4].eq(2.0).all()
+        assert c[12 * MB // 4:].eq(0.0).all()              # fresh pages: the kernel's zeros
+        c.fill_(3.0)
+        del c
+        d = torch.empty(6 * MB // 4)                       # the head of c's block; 14 MiB stay cached
+        assert apnt.ops.workspace_cache_bytes() == 14 * MB
+        assert d.eq(3.0).all()
         del d
-        e = torch.empty(24 * MB // 4)
-        assert apnt.ops.workspace_cache_bytes() == 0       # 64 + 24 live + 20 cached would pass the 84 MB mark
-        del c, e
+
+
+def test_cache_keeps_what_the_last_hold_used_until_empty_cache():
+    # Without APNT_WORKSPACE_CACHE_MB the blocks of a hold (a model call) stay for the next call, however large, and a
+    # block that outlived the hold comes back too; empty_cache() frees them all.
+    with apnt.ops.hold_workspaces():
+        kept = torch.ones(300 * MB // 4)                   # more than the 256 MiB that ops keep on their own
+        tmp = torch.ones(40 * MB // 4)
+        del tmp
+    assert apnt.ops.workspace_cache_bytes() == 40 * MB
+    del kept
+    assert apnt.ops.workspace_cache_bytes() == 340 * MB
+    assert apnt.ops.empty_cache() == 340 * MB
+    assert apnt.ops.workspace_cache_bytes() == 0
 
 
 def test_model_result_does_not_depend_on_the_cache():

@@ -95,8 +95,9 @@ class AHDRNet(nn.Module):
 
     def _run(self, ldr, exposure, maps):
         # With the native backend every large tensor of the call (ours and ATen's) comes from the workspace cache:
-        # a map freed here serves the next of its size, already paged in (apnt.ops.hold_workspaces; at 1500x1000
-        # the call allocates ~14 GB of maps with a ~2.9 GB peak). `reference` stays plain PyTorch: the baseline.
+        # a map freed here lends its pages, already faulted in, to the next (apnt.ops.hold_workspaces; at 1500x1000
+        # the call allocates ~14 GB of maps with a ~2.9 GB peak), and they stay cached for the next call until
+        # apnt.ops.empty_cache(). `reference` stays plain PyTorch: the baseline.
         native = ops._backends.select("conv2d", self._backend, ldr.device, ldr.dtype) == "native"
         with ops.hold_workspaces() if native else contextlib.nullcontext():
             return self._layers(ldr, exposure, maps)

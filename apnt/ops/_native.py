@@ -33,9 +33,10 @@ def winograd_gemm_engine() -> str | None:
 
 
 def empty_cache() -> int:
-    """Free the CPU work buffers the native ops keep for their next call (at most APNT_WORKSPACE_CACHE_MB,
-    default 256 MiB; the dense block's buffer is the main one). Returns the bytes released. Like
-    torch.cuda.empty_cache: memory other code may then use; the next native call allocates afresh."""
+    """Free the CPU work buffers the native ops keep for their next call (256 MiB at most, or what the last
+    `hold_workspaces()` block used, e.g. a native AHDRNet call: ~3 GB at 1500x1000; APNT_WORKSPACE_CACHE_MB=N caps
+    it at N MiB). Returns the bytes released. Like torch.cuda.empty_cache: memory other code may then use; the next
+    native call allocates afresh."""
     return 0 if load_error() is not None else int(torch.ops.apnt._empty_workspace_cache())
 
 
@@ -43,10 +44,11 @@ def empty_cache() -> int:
 def hold_workspaces():
     """Within the block, the workspace cache keeps what native ops free whatever its size, so consecutive ops that
     need the same large buffer allocate it once (AHDRNet's three dense blocks: 1.5 GB each at 1500x1000), and every
-    CPU tensor of 4 MB or more (PyTorch's own too: torch.cat, clone) is drawn from it: a freed map serves the next
-    of half to all its size with its pages already in, instead of fresh pages the kernel must fault in and zero. Cached
-    plus live blocks stay within the most that was live before, so the peak does not rise. On exit the cache
-    shrinks back to APNT_WORKSPACE_CACHE_MB. Nests; a no-op without the extension or while torch.compile traces."""
+    CPU tensor of 4 MB or more (PyTorch's own too: torch.cat, clone) is drawn from it: from freed maps' pages, already
+    faulted in, instead of fresh ones the kernel must fault in and zero (smaller freed blocks are combined by moving
+    their pages, larger ones split). The cache grows only when it is empty, so the peak does not rise. On exit it
+    keeps what it holds for the next call, until `empty_cache()` (or within APNT_WORKSPACE_CACHE_MB MiB when that
+    is set). Nests; a no-op without the extension or while torch.compile traces."""
     active = load_error() is None and not torch.compiler.is_compiling()
     if active:
         torch.ops.apnt._hold_workspaces(True)

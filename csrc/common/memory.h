@@ -26,17 +26,21 @@ inline at::Tensor empty_large_like(const at::Tensor& like, at::MemoryFormat form
 // A CPU work buffer that the op frees before returning (or autograd frees after backward), drawn from a small
 // cache of earlier ones: a block goes back to the cache when its tensor dies, and the next request of a similar
 // size reuses it, pages already faulted in (and huge). A fresh 64 MB buffer costs ~7 % of a 256^2 dense block in
-// page faults and zeroing, and with THP on, an occasional compaction stall doubles a call. The cache holds at most
-// APNT_WORKSPACE_CACHE_MB (default 256) between calls; 0 turns it off. Larger requests and CUDA tensors are
-// plain empty_large. `memory_format` may be Contiguous or ChannelsLast.
+// page faults and zeroing, and with THP on, an occasional compaction stall doubles a call. Blocks are whole 2 MB
+// pages. Between calls the cache keeps 256 MB, or what the last hold left (below); APNT_WORKSPACE_CACHE_MB=N
+// makes it N MB (0: off). Larger requests and CUDA tensors are plain empty_large. `memory_format` may be
+// Contiguous or ChannelsLast.
 at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& options,
                            at::MemoryFormat memory_format = at::MemoryFormat::Contiguous);
 
 // While held (calls nest), the cache keeps blocks of any size: a model whose consecutive blocks need the same large
 // buffer (AHDRNet's three dense blocks, 1.5 GB each at 1500x1000) allocates it once. Held, every CPU allocation of
-// 4 MB or more, ATen's included, is a cache block too (the first hold wraps c10's CPU allocator): a freed map serves
-// the next one of 50-100 % of its size. Cached plus live blocks never exceed the most that was live (since the last
-// release_workspaces), so holding does not raise a peak. The last release trims the cache back to its cap.
+// 4 MB or more, ATen's included, is a cache block too (the first hold wraps c10's CPU allocator). A request takes the
+// head of a large enough cached block, or else the pages of smaller ones moved side by side (mremap) plus fresh ones
+// for the rest: cached plus live bytes grow only when the cache is empty, so holding never raises a peak. When the
+// outermost hold ends, what the cache then holds and lends stays cached for the next call (like torch.cuda's
+// caching allocator: AHDRNet at 1500x1000 then faults no fresh page from its second call on) until
+// release_workspaces(); APNT_WORKSPACE_CACHE_MB, when set, caps it instead.
 void hold_workspaces(bool on);
 
 // Frees every cached workspace block; returns the bytes released (apnt.empty_cache()).

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -51,87 +52,127 @@ at::Tensor prefer_huge_pages(at::Tensor t) {
 
 namespace {
 
-int64_t workspace_cache_cap() {
+// APNT_WORKSPACE_CACHE_MB, or -1 when unset.
+int64_t configured_cap() {
   static const int64_t cap = [] {
     const char* v = std::getenv("APNT_WORKSPACE_CACHE_MB");
-    const int64_t mb = v && *v ? int64_t(std::strtoll(v, nullptr, 10)) : 256;
-    return std::max<int64_t>(0, mb) << 20;
+    return v && *v ? std::max<int64_t>(0, std::strtoll(v, nullptr, 10)) << 20 : int64_t(-1);
   }();
   return cap;
 }
+constexpr int64_t kDefaultCap = int64_t(256) << 20;
 
 // > 0 while some caller holds workspaces (hold_workspaces): then the cap is lifted.
 std::atomic<int64_t> hold_depth{0};
+// Bytes the cache held when the last outermost hold ended (0 after release_workspaces): without
+// APNT_WORKSPACE_CACHE_MB they stay cached for the next call.
+std::atomic<int64_t> retained{0};
 
 int64_t effective_cap() {
-  return hold_depth.load() > 0 ? std::numeric_limits<int64_t>::max() : workspace_cache_cap();
+  if (hold_depth.load() > 0) return std::numeric_limits<int64_t>::max();
+  return configured_cap() >= 0 ? configured_cap() : std::max(kDefaultCap, retained.load());
 }
 
 struct Block {
-  void* data;
+  char* data;
   int64_t bytes;
 };
+
+// Cache blocks are whole 2 MB pages, 2 MB aligned: a huge page maps only at an aligned address, and a block then
+// splits and moves (below) without breaking one up.
+constexpr int64_t kGranule = int64_t(2) << 20;
+int64_t round_to_granule(int64_t bytes) { return (bytes + kGranule - 1) / kGranule * kGranule; }
+
+#if defined(__linux__) && defined(MREMAP_FIXED)
+constexpr bool kCanMovePages = true;
+
+void* map_pages(int64_t bytes) {
+  const size_t len = size_t(bytes + kGranule);  // room to align
+  void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  TORCH_CHECK(p != MAP_FAILED, "apnt workspace cache: not enough memory: you tried to allocate ", bytes, " bytes");
+  const uintptr_t begin = uintptr_t(p), first = (begin + kGranule - 1) & ~uintptr_t(kGranule - 1);
+  if (first > begin) munmap(p, first - begin);
+  if (begin + len > first + bytes) munmap(reinterpret_cast<void*>(first + bytes), begin + len - first - bytes);
+  advise_huge_pages(reinterpret_cast<void*>(first), size_t(bytes));
+  return reinterpret_cast<void*>(first);
+}
+
+void unmap_pages(void* p, int64_t bytes) { munmap(p, size_t(bytes)); }
+
+// The pages of [src, src + bytes) now appear at dst (what was mapped there goes): page-table entries move, the
+// memory itself stays where it is, faulted in and huge.
+void move_pages(void* src, int64_t bytes, void* dst) {
+  void* r = mremap(src, size_t(bytes), size_t(bytes), MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+  TORCH_CHECK(r != MAP_FAILED, "apnt workspace cache: mremap failed: ", std::strerror(errno));
+}
+#else
+// Elsewhere a block is one allocation: taken whole or freed whole.
+constexpr bool kCanMovePages = false;
+void* map_pages(int64_t bytes) {
+  void* p = c10::alloc_cpu(size_t(bytes));
+  advise_huge_pages(p, size_t(bytes));
+  return p;
+}
+void unmap_pages(void* p, int64_t) { c10::free_cpu(p); }
+void move_pages(void*, int64_t, void*) { TORCH_INTERNAL_ASSERT(false); }
+#endif
 
 // Never destroyed: a tensor freed during interpreter shutdown may still hand its block back.
 struct WorkspaceCache {
   std::mutex mutex;
   std::vector<Block> blocks;  // oldest first
   int64_t held = 0;           // bytes in `blocks`
-  int64_t live = 0;           // bytes of blocks handed out and not yet given back
-  int64_t high_water = 0;     // the most `live` has been (since the last release(): apnt.ops.empty_cache())
+  int64_t live = 0;           // bytes handed out and not given back yet
 
-  // A block of at least `bytes` (its size in *got): a cached one if any fits, else a new one.
+  // A block of `bytes` rounded up to whole 2 MB pages (its size in *got), built from as many cached pages as there
+  // are: the head of the smallest cached block that is large enough (its tail stays cached); else cached blocks'
+  // pages moved side by side into a new range, largest first, and fresh pages for the rest. Cached pages are
+  // faulted in already; a fresh one costs a fault and the kernel's zeroing. Cached plus live bytes only grow when
+  // the cache runs dry, so they never pass the most that the same calls have live without a cache.
   void* obtain(int64_t bytes, int64_t* got) {
-    if (void* data = take(bytes, got)) return data;
-    *got = bytes;
-    return allocate(bytes);
-  }
-
- private:
-  // The smallest cached block of bytes..2*bytes (a much larger one would waste what it holds), or null. While
-  // held, a block larger than the request only when its slack does not lift `live` past the high-water mark.
-  void* take(int64_t bytes, int64_t* got) {
-    std::lock_guard<std::mutex> lock(mutex);
-    const int64_t room = hold_depth.load() > 0 ? std::max(high_water, live + bytes) : -1;
-    int best = -1;
-    for (int i = 0; i < int(blocks.size()); ++i) {
-      const int64_t size = blocks[i].bytes;
-      if (size >= bytes && size <= 2 * bytes && (room < 0 || live + size <= room) &&
-          (best < 0 || size < blocks[best].bytes))
-        best = i;
-    }
-    if (best < 0) return nullptr;
-    const Block b = blocks[best];
-    blocks.erase(blocks.begin() + best);
-    held -= b.bytes;
-    note_live(b.bytes);
-    *got = b.bytes;
-    return b.data;
-  }
-
-  // A new block of `bytes`. While held (no cap), first evicts what it must so that cached + live bytes stay
-  // within the larger of the high-water mark and what this request itself needs: the cache never raises the
-  // peak above one that the same calls without it reach. Outside a hold the cap bounds the cache.
-  void* allocate(int64_t bytes) {
-    std::vector<void*> evicted;
+    const int64_t need = round_to_granule(bytes);
+    *got = need;
+    std::vector<Block> unusable;  // without page moves: blocks too small for this request
     {
       std::lock_guard<std::mutex> lock(mutex);
-      const int64_t bound = std::max(high_water, live + bytes);
-      while (hold_depth.load() > 0 && held > 0 && live + bytes + held > bound) evict_oldest(evicted);
-      note_live(bytes);
+      int best = -1;
+      for (int i = 0; i < int(blocks.size()); ++i)
+        if (blocks[i].bytes >= need && (best < 0 || blocks[i].bytes < blocks[best].bytes)) best = i;
+      if (best >= 0 && (kCanMovePages || blocks[best].bytes == need)) {
+        char* data = blocks[best].data;
+        take_head(best, need);
+        live += need;
+        return data;
+      }
+      if (kCanMovePages) {
+        char* data = static_cast<char*>(map_pages(need));
+        for (int64_t filled = 0; filled < need && !blocks.empty();) {
+          int largest = 0;
+          for (int i = 1; i < int(blocks.size()); ++i)
+            if (blocks[i].bytes > blocks[largest].bytes) largest = i;
+          const int64_t n = std::min(blocks[largest].bytes, need - filled);
+          move_pages(blocks[largest].data, n, data + filled);
+          take_head(largest, n);
+          filled += n;
+        }
+        live += need;
+        return data;
+      }
+      unusable.swap(blocks);  // a miss frees the cache before allocating, as moves would have used it up
+      held = 0;
     }
-    for (void* p : evicted) c10::free_cpu(p);
-    void* data = c10::alloc_cpu(size_t(bytes));
-    advise_huge_pages(data, size_t(bytes));
+    for (const Block& b : unusable) unmap_pages(b.data, b.bytes);
+    void* data = map_pages(need);
+    std::lock_guard<std::mutex> lock(mutex);
+    live += need;
     return data;
   }
 
- public:
   // Keeps the block, then trims.
   void give_back(void* data, int64_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      blocks.push_back({data, bytes});
+      blocks.push_back({static_cast<char*>(data), bytes});
       held += bytes;
       live -= bytes;
     }
@@ -140,12 +181,16 @@ struct WorkspaceCache {
 
   // Frees the oldest blocks until the cache is within its cap.
   void trim() {
-    std::vector<void*> evicted;
+    std::vector<Block> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex);
-      while (held > effective_cap() && !blocks.empty()) evict_oldest(evicted);
+      while (held > effective_cap() && !blocks.empty()) {
+        evicted.push_back(blocks.front());
+        held -= blocks.front().bytes;
+        blocks.erase(blocks.begin());
+      }
     }
-    for (void* p : evicted) c10::free_cpu(p);  // outside the lock: returning pages to the kernel takes a while
+    for (const Block& b : evicted) unmap_pages(b.data, b.bytes);  // outside the lock: returning pages takes a while
   }
 
   int64_t release() {
@@ -154,26 +199,23 @@ struct WorkspaceCache {
       std::lock_guard<std::mutex> lock(mutex);
       all.swap(blocks);
       held = 0;
-      high_water = live;
+      retained = 0;
     }
     int64_t bytes = 0;
     for (const Block& b : all) {
       bytes += b.bytes;
-      c10::free_cpu(b.data);
+      unmap_pages(b.data, b.bytes);
     }
     return bytes;
   }
 
  private:
-  void evict_oldest(std::vector<void*>& evicted) {  // mutex held; the caller frees them outside the lock
-    evicted.push_back(blocks.front().data);
-    held -= blocks.front().bytes;
-    blocks.erase(blocks.begin());
-  }
-
-  void note_live(int64_t bytes) {  // mutex held
-    live += bytes;
-    high_water = std::max(high_water, live);
+  // Takes the first n bytes of blocks[i] out of the cache (all of it when n is its size). mutex held.
+  void take_head(int i, int64_t n) {
+    held -= n;
+    blocks[i].data += n;
+    blocks[i].bytes -= n;
+    if (blocks[i].bytes == 0) blocks.erase(blocks.begin() + i);
   }
 };
 
@@ -186,8 +228,8 @@ WorkspaceCache& workspace_cache() {
 
 // While workspaces are held, every large CPU allocation (ATen's too: torch.cat, clone, op outputs) is a cache
 // block: AHDRNet at 1500x1000 allocates ~14 GB of maps per call with a ~2.9 GB peak, and a fresh page
-// costs a fault and the kernel's zeroing (clear_page: 18 % of the call's CPU time on the 2-core EPYC). A freed map's
-// block serves the next map of up to its size instead. Installed as c10's CPU allocator at the first hold;
+// costs a fault and the kernel's zeroing (clear_page: 18 % of the call's CPU time on the 2-core EPYC). Freed maps'
+// pages serve the next maps instead. Installed as c10's CPU allocator at the first hold;
 // outside a hold it hands every request to the allocator it replaced, untouched.
 namespace {
 
@@ -256,7 +298,7 @@ at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& optio
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const int64_t bytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
-  const bool cacheable = options.device().is_cpu() && numel > 0 && bytes <= effective_cap() &&
+  const bool cacheable = options.device().is_cpu() && numel > 0 && round_to_granule(bytes) <= effective_cap() &&
                          (memory_format == at::MemoryFormat::Contiguous || sizes.size() == 4);
   if (!cacheable) return empty_large(sizes, options.memory_format(memory_format));
   int64_t block_bytes = 0;
@@ -278,7 +320,13 @@ void hold_workspaces(bool on) {
     return;
   }
   TORCH_CHECK(hold_depth.load() > 0, "hold_workspaces(false) without a matching hold_workspaces(true)");
-  if (--hold_depth == 0) workspace_cache().trim();  // back within the cap
+  if (--hold_depth > 0) return;
+  WorkspaceCache& cache = workspace_cache();
+  {
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    retained = cache.held + cache.live;  // blocks still live come back later and stay too
+  }
+  cache.trim();  // within APNT_WORKSPACE_CACHE_MB when set
 }
 
 int64_t cached_workspace_bytes() {

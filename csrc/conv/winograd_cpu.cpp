@@ -85,10 +85,11 @@ void transform_input_tile(const Plane& in, const Tile& tile, int64_t H, int64_t 
   }
 }
 
-// A^T m A plus bias for one tile from M[p][t][:], handed to the epilogue per block of kLanes channels.
+// A^T m A plus bias for one tile from M[p][t][0..O) (rows of `ldm` >= O floats), handed to the epilogue per block
+// of kLanes channels.
 APNT_CPU_CLONES
-void transform_output_tile(const float* M, int64_t t, int64_t chunk, int64_t O, const Tile& tile, int64_t H,
-                           int64_t W, int64_t d, const float* bias, const TileEpilogue& epilogue) {
+void transform_output_tile(const float* M, int64_t t, int64_t chunk, int64_t O, int64_t ldm, const Tile& tile,
+                           int64_t H, int64_t W, int64_t d, const float* bias, const TileEpilogue& epilogue) {
   OutputTile ot;
   ot.n = tile.n;
   ot.rows = ot.cols = 0;
@@ -100,8 +101,8 @@ void transform_output_tile(const float* M, int64_t t, int64_t chunk, int64_t O, 
   Lanes mv[kPoints], tv[kTile * kIn], yv[kTile * kTile];
   for (int64_t o0 = 0; o0 < O; o0 += kLanes) {
     const int lanes = int(std::min<int64_t>(kLanes, O - o0));
-    const float* src = M + t * O + o0;
-    for (int p = 0; p < kPoints; ++p) mv[p] = load_lanes(src + int64_t(p) * chunk * O, 1, lanes);
+    const float* src = M + t * ldm + o0;
+    for (int p = 0; p < kPoints; ++p) mv[p] = load_lanes(src + int64_t(p) * chunk * ldm, 1, lanes);
     for (int j = 0; j < kIn; ++j) winograd_output_1d(mv + j, kIn, tv + j, kIn);            // columns: A^T m
     for (int i = 0; i < kTile; ++i) winograd_output_1d(tv + i * kIn, 1, yv + i * kTile, 1);  // rows: 4x4
     if (bias) {
@@ -235,6 +236,12 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
   const at::Tensor& x0 = inputs.front();
   const int64_t N = x0.size(0), H = x0.size(2), W = x0.size(3), d = dilation;
   const int64_t K = filter.size(1), O = filter.size(2);
+  // A few output channels (AHDRNet's last conv: 3) run through our GEMM on filters zero-padded to 16: at::bmm's
+  // per-call overhead made that 64->3 conv ~60 % GEMM at 1500x1000.
+  const int64_t O16 = (O + 15) / 16 * 16;
+  const bool own_gemm = filter.is_contiguous() && winograd_gemm_usable(O16);
+  const at::Tensor U = own_gemm && O16 != O ? at::constant_pad_nd(filter, {0, O16 - O}) : filter;
+  const int64_t ldm = own_gemm ? O16 : O;
   std::vector<at::Tensor> held;  // NCHW inputs converted once: the input transform then loads whole vectors
   std::vector<Plane> planes;
   for (const auto& x : inputs) {
@@ -246,13 +253,12 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
   const int64_t T = int64_t(tiles.size());
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* bptr = b.defined() ? b.data_ptr<float>() : nullptr;
-  const bool own_gemm = filter.is_contiguous() && winograd_gemm_usable(O);
-  const int64_t chunk = own_gemm ? own_gemm_chunk(K, O) : kChunkAten;
+  const int64_t chunk = own_gemm ? own_gemm_chunk(K, ldm) : kChunkAten;
   const int64_t chunks = (T + chunk - 1) / chunk;
 
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     at::Tensor V = at::empty({kPoints, chunk, K}, filter.options());
-    at::Tensor M = at::empty({kPoints, chunk, O}, filter.options());
+    at::Tensor M = at::empty({kPoints, chunk, ldm}, filter.options());
     for (int64_t ci = begin; ci < end; ++ci) {
       const int64_t t0 = ci * chunk, n = std::min<int64_t>(chunk, T - t0);
       float* v = V.data_ptr<float>();
@@ -266,11 +272,12 @@ void winograd_conv3x3(const std::vector<at::Tensor>& inputs, const at::Tensor& f
       if (n < chunk)  // last chunk: zero the unused rows so the full-size GEMM reads no garbage
         for (int p = 0; p < kPoints; ++p) std::fill(v + (p * chunk + n) * K, v + (p + 1) * chunk * K, 0.f);
       if (own_gemm)
-        winograd_gemm(v, filter.data_ptr<float>(), M.data_ptr<float>(), kPoints, chunk, K, O);
+        winograd_gemm(v, U.data_ptr<float>(), M.data_ptr<float>(), kPoints, chunk, K, ldm);
       else
         at::bmm_out(M, V, filter);
       const float* m = M.data_ptr<float>();
-      for (int64_t t = 0; t < n; ++t) transform_output_tile(m, t, chunk, O, tiles[t0 + t], H, W, d, bptr, epilogue);
+      for (int64_t t = 0; t < n; ++t)
+        transform_output_tile(m, t, chunk, O, ldm, tiles[t0 + t], H, W, d, bptr, epilogue);
     }
   });
 }
