@@ -65,7 +65,8 @@ constexpr int64_t kDefaultCap = int64_t(256) << 20;
 // > 0 while some caller holds workspaces (hold_workspaces): then the cap is lifted.
 std::atomic<int64_t> hold_depth{0};
 // Bytes the cache held when the last outermost hold ended (0 after release_workspaces): without
-// APNT_WORKSPACE_CACHE_MB they stay cached for the next call.
+// APNT_WORKSPACE_CACHE_MB they stay cached for the next call. Blocks lent out then (the call's output, maps saved
+// for backward) are freed when they come back unless they fit within 256 MB.
 std::atomic<int64_t> retained{0};
 
 int64_t effective_cap() {
@@ -168,18 +169,22 @@ struct WorkspaceCache {
     return data;
   }
 
-  // Keeps the block, then trims.
+  // Keeps the block, or frees it when it does not fit within the cap: outside a hold the blocks already cached stay
+  // (those of the last model call), and a training step's saved maps, which come back in backward, are not kept.
   void give_back(void* data, int64_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      blocks.push_back({static_cast<char*>(data), bytes});
-      held += bytes;
       live -= bytes;
+      if (held + bytes <= effective_cap()) {
+        blocks.push_back({static_cast<char*>(data), bytes});
+        held += bytes;
+        return;
+      }
     }
-    trim();
+    unmap_pages(data, bytes);  // outside the lock: returning pages takes a while
   }
 
-  // Frees the oldest blocks until the cache is within its cap.
+  // Frees the oldest blocks until the cache is within its cap (APNT_WORKSPACE_CACHE_MB after a hold).
   void trim() {
     std::vector<Block> evicted;
     {
@@ -324,7 +329,7 @@ void hold_workspaces(bool on) {
   WorkspaceCache& cache = workspace_cache();
   {
     std::lock_guard<std::mutex> lock(cache.mutex);
-    retained = cache.held + cache.live;  // blocks still live come back later and stay too
+    retained = cache.held;
   }
   cache.trim();  // within APNT_WORKSPACE_CACHE_MB when set
 }
