@@ -100,11 +100,26 @@ void* map_pages(int64_t bytes) {
 
 void unmap_pages(void* p, int64_t bytes) { munmap(p, size_t(bytes)); }
 
+// APNT_WORKSPACE_MOVE_PAGEWISE=1: one mremap per 2 MB page, as older kernels may need (tests of that path).
+bool move_pagewise() {
+  static const bool on = [] {
+    const char* v = std::getenv("APNT_WORKSPACE_MOVE_PAGEWISE");
+    return v && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
 // The pages of [src, src + bytes) now appear at dst (what was mapped there goes): page-table entries move, the
-// memory itself stays where it is, faulted in and huge.
-void move_pages(void* src, int64_t bytes, void* dst) {
-  void* r = mremap(src, size_t(bytes), size_t(bytes), MREMAP_MAYMOVE | MREMAP_FIXED, dst);
-  TORCH_CHECK(r != MAP_FAILED, "apnt workspace cache: mremap failed: ", std::strerror(errno));
+// memory itself stays where it is, faulted in and huge. A block assembled from several cached ones spans several
+// mappings, and Linux before 6.17 moves one mapping per call (EFAULT otherwise): then the range moves in halves.
+void move_pages(char* src, int64_t bytes, char* dst) {
+  const bool whole = bytes == kGranule || !move_pagewise();
+  if (whole && mremap(src, size_t(bytes), size_t(bytes), MREMAP_MAYMOVE | MREMAP_FIXED, dst) != MAP_FAILED) return;
+  TORCH_CHECK(bytes > kGranule && (!whole || errno == EFAULT), "apnt workspace cache: mremap failed: ",
+              std::strerror(errno));
+  const int64_t half = std::max(kGranule, bytes / 2 / kGranule * kGranule);
+  move_pages(src, half, dst);
+  move_pages(src + half, bytes - half, dst + half);
 }
 #else
 // Elsewhere a block is one allocation: taken whole or freed whole.
@@ -115,7 +130,7 @@ void* map_pages(int64_t bytes) {
   return p;
 }
 void unmap_pages(void* p, int64_t) { c10::free_cpu(p); }
-void move_pages(void*, int64_t, void*) { TORCH_INTERNAL_ASSERT(false); }
+void move_pages(char*, int64_t, char*) { TORCH_INTERNAL_ASSERT(false); }
 #endif
 
 // Never destroyed: a tensor freed during interpreter shutdown may still hand its block back.
