@@ -38,9 +38,10 @@ at::Tensor empty_workspace(at::IntArrayRef sizes, const at::TensorOptions& optio
 // 4 MB or more, ATen's included, is a cache block too (the first hold wraps c10's CPU allocator). A request takes the
 // head of a large enough cached block, or else the pages of smaller ones moved side by side (mremap) plus fresh ones
 // for the rest: cached plus live bytes grow only when the cache is empty, so holding never raises a peak. When the
-// outermost hold ends, what the cache then holds and lends stays cached for the next call (like torch.cuda's
-// caching allocator: AHDRNet at 1500x1000 then faults no fresh page from its second call on) until
-// release_workspaces(); APNT_WORKSPACE_CACHE_MB, when set, caps it instead.
+// outermost hold ends, what the cache then holds stays cached for the next call (like torch.cuda's caching
+// allocator: AHDRNet at 1500x1000 then faults no fresh page from its second call on) until release_workspaces();
+// APNT_WORKSPACE_CACHE_MB, when set, caps it instead. Blocks still lent out then are freed when they come back,
+// unless the cache stays within 256 MB with them.
 void hold_workspaces(bool on);
 
 // Frees every cached workspace block; returns the bytes released (apnt.empty_cache()).
