@@ -21,6 +21,9 @@
 namespace apnt {
 
 namespace {
+// A transparent huge page; also the unit of the workspace cache's blocks.
+constexpr int64_t kHugePage = int64_t(2) << 20;
+
 bool huge_pages_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("APNT_HUGE_PAGES");
@@ -32,7 +35,7 @@ bool huge_pages_enabled() {
 // madvise(MADV_HUGEPAGE) on the 2 MB-aligned interior of [data, data + bytes) when it holds a whole huge page.
 void advise_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  constexpr uintptr_t kHuge = uintptr_t(kHugePage);
   if (!huge_pages_enabled() || bytes < 2 * kHuge) return;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
   const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + bytes) & ~(kHuge - 1);
@@ -81,7 +84,7 @@ struct Block {
 
 // Cache blocks are whole 2 MB pages, 2 MB aligned: a huge page maps only at an aligned address, and a block then
 // splits and moves (below) without breaking one up.
-constexpr int64_t kGranule = int64_t(2) << 20;
+constexpr int64_t kGranule = kHugePage;
 int64_t round_to_granule(int64_t bytes) { return (bytes + kGranule - 1) / kGranule * kGranule; }
 
 #if defined(__linux__) && defined(MREMAP_FIXED)
@@ -138,7 +141,6 @@ struct WorkspaceCache {
   std::mutex mutex;
   std::vector<Block> blocks;  // oldest first
   int64_t held = 0;           // bytes in `blocks`
-  int64_t live = 0;           // bytes handed out and not given back yet
 
   // A block of `bytes` rounded up to whole 2 MB pages (its size in *got), built from as many cached pages as there
   // are: the head of the smallest cached block that is large enough (its tail stays cached); else cached blocks'
@@ -157,7 +159,6 @@ struct WorkspaceCache {
       if (best >= 0 && (kCanMovePages || blocks[best].bytes == need)) {
         char* data = blocks[best].data;
         take_head(best, need);
-        live += need;
         return data;
       }
       if (kCanMovePages) {
@@ -171,17 +172,13 @@ struct WorkspaceCache {
           take_head(largest, n);
           filled += n;
         }
-        live += need;
         return data;
       }
       unusable.swap(blocks);  // a miss frees the cache before allocating, as moves would have used it up
       held = 0;
     }
     for (const Block& b : unusable) unmap_pages(b.data, b.bytes);
-    void* data = map_pages(need);
-    std::lock_guard<std::mutex> lock(mutex);
-    live += need;
-    return data;
+    return map_pages(need);
   }
 
   // Keeps the block, or frees it when it does not fit within the cap: outside a hold the blocks already cached stay
@@ -189,7 +186,6 @@ struct WorkspaceCache {
   void give_back(void* data, int64_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      live -= bytes;
       if (held + bytes <= effective_cap()) {
         blocks.push_back({static_cast<char*>(data), bytes});
         held += bytes;
